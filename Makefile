@@ -1,0 +1,34 @@
+# Two entry points: `make run` starts the local stack and shows it working; `make test` runs everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+
+.PHONY: install run test lint typecheck unit contract bench clean
+
+$(BIN)/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	@if command -v uv >/dev/null 2>&1; then uv sync --frozen --quiet; else $(PYTHON) -m uv sync --frozen --quiet; fi
+	@touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/bhiv up --demo
+
+lint: install
+	$(BIN)/ruff check src functions tests bench
+	$(BIN)/ruff format --check src functions tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/bench_bucket.py
+
+clean:
+	rm -rf $(VENV) .bhiv .mypy_cache .ruff_cache

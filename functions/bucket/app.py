@@ -1,0 +1,74 @@
+"""The Bucket's HTTP API: routes only; the work happens in bhiv.bucket.service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice import Chalice, Response
+
+from bhiv.bucket import runtime
+from bhiv.bucket.domain import MAX_BATCH_BYTES
+from bhiv.bucket.service import MAX_SINGLE_BODY_BYTES
+from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, query_params, raw_body
+from bhiv.validation import parse_json_body
+
+app = Chalice(app_name="bhiv-bucket")
+view = api_view(app, runtime.logger)
+
+
+@app.route("/health", methods=["GET"])
+@view
+def health() -> Response:
+    status, body = runtime.service().health()
+    return json_response(status, body)
+
+
+@app.route("/core/write-event", methods=["POST"], content_types=ALL_CONTENT_TYPES)
+@view
+def write_event() -> Response:
+    principal = runtime.service().authenticate(header(app, "authorization"), "events:write")
+    body = parse_json_body(raw_body(app), MAX_SINGLE_BODY_BYTES)
+    status, result = runtime.service().write_event(principal, body)
+    return json_response(status, result)
+
+
+@app.route("/core/write-events", methods=["POST"], content_types=ALL_CONTENT_TYPES)
+@view
+def write_events() -> Response:
+    principal = runtime.service().authenticate(header(app, "authorization"), "events:write")
+    body = parse_json_body(raw_body(app), MAX_BATCH_BYTES)
+    status, result = runtime.service().write_events(principal, body)
+    return json_response(status, result)
+
+
+@app.route("/core/events", methods=["GET"])
+@view
+def list_events() -> Response:
+    runtime.service().authenticate(header(app, "authorization"), "events:read")
+    return json_response(200, runtime.service().list_events(query_params(app)))
+
+
+@app.route("/core/events/{event_id}", methods=["GET"])
+@view
+def get_event(event_id: str) -> Response:
+    runtime.service().authenticate(header(app, "authorization"), "events:read")
+    return json_response(200, runtime.service().get_event(event_id))
+
+
+@app.route("/core/stats", methods=["GET"])
+@view
+def stats() -> Response:
+    runtime.service().authenticate(header(app, "authorization"), "events:read")
+    return json_response(200, runtime.service().stats())
+
+
+@app.route("/core/read-context", methods=["GET"])
+@view
+def read_context() -> Response:
+    runtime.service().authenticate(header(app, "authorization"), "events:read")
+    return json_response(200, runtime.service().read_context(query_params(app)))
+
+
+def on_stats_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """DynamoDB stream handler (events table → aggregates); wired in template.yaml."""
+    return runtime.handle_stats_stream(event, context)

@@ -1,0 +1,1 @@
+"""The Bucket: the append-only event depository (domain logic, no I/O)."""

@@ -1,0 +1,130 @@
+"""Pure Bucket logic: building stored events, idempotency, cursors. No I/O."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from bhiv.errors import BadRequest
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_ITEMS = 100
+FEED = "all"  # the partition of the by_time index: one feed of every event
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def isoformat(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str, name: str) -> datetime:
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an ISO 8601 date-time, got {value!r}", code="invalid_parameter", field=name) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    event_id: str
+    event_type: str
+    trace_id: str | None
+    agent_key: str | None
+    requester_id: str
+    received_at: str
+    event_data: dict[str, Any]
+    event_data_json: str
+    content_hash: str
+
+    @property
+    def ts_id(self) -> str:
+        return f"{self.received_at}#{self.event_id}"
+
+
+def build_event(
+    event_data: dict[str, Any], requester_id: str, event_id: str | None, now: datetime
+) -> NewEvent:
+    """The stored form of an accepted event; the server owns every top-level field."""
+    data_json = canonical_json(event_data)
+    content_hash = hashlib.sha256(f"{requester_id}\n{data_json}".encode()).hexdigest()
+    agent = event_data.get("user_id") or event_data.get("agent_id")
+    trace = event_data.get("trace_id")
+    return NewEvent(
+        event_id=event_id or f"evt_{uuid.uuid4().hex}",
+        event_type=str(event_data["event_type"]),
+        trace_id=trace if isinstance(trace, str) and trace else None,
+        agent_key=agent if isinstance(agent, str) and agent else None,
+        requester_id=requester_id,
+        received_at=isoformat(now),
+        event_data=event_data,
+        event_data_json=data_json,
+        content_hash=content_hash,
+    )
+
+
+def event_size(event_data: dict[str, Any]) -> int:
+    return len(canonical_json(event_data).encode("utf-8"))
+
+
+def public_event(stored: dict[str, Any]) -> dict[str, Any]:
+    """The API shape of a stored event (see contracts/stored_event.schema.json)."""
+    data = json.loads(stored["event_data"])
+    return {
+        "event_id": stored["event_id"],
+        "event_type": stored["event_type"],
+        "trace_id": stored.get("trace_id"),
+        "user_id": stored.get("agent_key"),
+        "requester_id": stored["requester_id"],
+        "timestamp": stored["received_at"],
+        "received_at": stored["received_at"],
+        "event_data": data,
+    }
+
+
+# --- cursors: opaque, signed, bound to the query they came from -------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_cursor(position: dict[str, Any], query_fingerprint: str, secret: bytes) -> str:
+    payload = _b64(canonical_json({"p": position, "q": query_fingerprint}).encode())
+    signature = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:16])
+    return f"{payload}.{signature}"
+
+
+def decode_cursor(cursor: str, query_fingerprint: str, secret: bytes) -> dict[str, Any]:
+    invalid = BadRequest("Invalid or tampered cursor", code="invalid_cursor", field="cursor")
+    payload, _, signature = cursor.partition(".")
+    if not payload or not signature:
+        raise invalid
+    expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:16])
+    if not hmac.compare_digest(expected, signature):
+        raise invalid
+    try:
+        body = json.loads(_unb64(payload))
+    except ValueError:
+        raise invalid from None
+    if not isinstance(body, dict) or body.get("q") != query_fingerprint or not isinstance(body.get("p"), dict):
+        raise BadRequest("Cursor belongs to a different query", code="invalid_cursor", field="cursor")
+    position: dict[str, Any] = body["p"]
+    return position

@@ -1,0 +1,238 @@
+"""The Bucket's use cases. Storage is injected; everything here is testable with fakes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from bhiv.auth import Authenticator, Principal
+from bhiv.bucket import domain
+from bhiv.contracts import event_type_errors
+from bhiv.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
+from bhiv.storage.events import EventPage, EventQuery
+from bhiv.validation import raise_for_errors, schema_errors
+
+VERSION = "2.0.0"
+MAX_SINGLE_BODY_BYTES = 64 * 1024
+LIST_FILTERS = ("event_type", "requester_id", "trace_id", "user_id", "agent_id")
+
+
+class EventRepository(Protocol):
+    def append(self, event: domain.NewEvent) -> dict[str, Any] | None: ...
+    def get(self, event_id: str) -> dict[str, Any] | None: ...
+    def query(self, query: EventQuery) -> EventPage: ...
+    def ping(self) -> None: ...
+
+
+class StatsRepository(Protocol):
+    def totals(self) -> dict[str, Any]: ...
+    def breakdown(self) -> dict[str, dict[str, int]]: ...
+    def agent(self, agent_key: str) -> dict[str, Any] | None: ...
+
+
+class Log(Protocol):
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class BucketService:
+    def __init__(
+        self,
+        events: EventRepository,
+        stats: StatsRepository,
+        auth: Authenticator,
+        log: Log,
+        cursor_secret: bytes,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._events = events
+        self._stats = stats
+        self._auth = auth
+        self._log = log
+        self._cursor_secret = cursor_secret
+        self._clock = clock
+
+    def authenticate(self, authorization: str | None, scope: str) -> Principal:
+        return self._auth.authenticate(authorization, scope)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def write_event(self, principal: Principal, body: Any) -> tuple[int, dict[str, Any]]:
+        raise_for_errors(schema_errors("write_event_request", body))
+        requester = self._auth.requester_for_write(principal, body["requester_id"])
+        event_data: dict[str, Any] = body["event_data"]
+        self._check_event(event_data, "event_data")
+        outcome, event_id = self._store(requester, event_data, body.get("event_id"))
+        if outcome == "duplicate":
+            return 200, {"success": True, "message": "Duplicate event ignored", "event_id": event_id,
+                         "duplicate": True}
+        return 201, {"success": True, "message": "Event received", "event_id": event_id, "duplicate": False}
+
+    def write_events(self, principal: Principal, body: Any) -> tuple[int, dict[str, Any]]:
+        if isinstance(body, dict) and isinstance(body.get("events"), list):
+            count = len(body["events"])
+            if count > domain.MAX_BATCH_ITEMS:
+                raise PayloadTooLarge(
+                    f"A batch holds at most {domain.MAX_BATCH_ITEMS} events, got {count}",
+                    limit_items=domain.MAX_BATCH_ITEMS)
+        raise_for_errors(schema_errors("write_events_request", body))
+        requester = self._auth.requester_for_write(principal, body["requester_id"])
+        results: list[dict[str, Any]] = []
+        for index, item in enumerate(body["events"]):
+            results.append(self._store_batch_item(index, requester, item))
+        stored_any = any(r["status"] == "stored" for r in results)
+        all_ok = all(r["status"] != "error" for r in results)
+        return (201 if stored_any else 200), {"success": all_ok, "results": results}
+
+    def _store_batch_item(self, index: int, requester: str, item: dict[str, Any]) -> dict[str, Any]:
+        event_id = item.get("event_id")
+        try:
+            errors = schema_errors("write_event_request", {"requester_id": requester, **item},
+                                   prefix=f"events.{index}")
+            raise_for_errors(errors)
+            self._check_event(item["event_data"], f"events.{index}.event_data")
+            outcome, stored_id = self._store(requester, item["event_data"], event_id)
+            return {"index": index, "status": outcome, "event_id": stored_id}
+        except (Unprocessable, Conflict, PayloadTooLarge) as exc:
+            return {"index": index, "status": "error", "event_id": event_id if isinstance(event_id, str) else None,
+                    "error": exc.to_body()["error"] | {"status": exc.status}}
+
+    def _check_event(self, event_data: dict[str, Any], where: str) -> None:
+        size = domain.event_size(event_data)
+        if size > domain.MAX_EVENT_BYTES:
+            raise PayloadTooLarge(f"{where} is {size} bytes; the limit is {domain.MAX_EVENT_BYTES}",
+                                  field=where, limit_bytes=domain.MAX_EVENT_BYTES)
+        errors = event_type_errors(event_data)
+        for error in errors:
+            error["field"] = error["field"].replace("event_data", where, 1)
+        raise_for_errors(errors)
+
+    def _store(self, requester: str, event_data: dict[str, Any], event_id: str | None) -> tuple[str, str]:
+        event = domain.build_event(event_data, requester, event_id, self._clock())
+        existing = self._events.append(event)
+        if existing is not None:
+            if existing.get("content_hash") != event.content_hash:
+                raise Conflict(f"Event '{event.event_id}' already exists with different content",
+                               code="event_id_conflict", field="event_id", event_id=event.event_id)
+            self._log.info(f"Duplicate event from {requester} ignored", event_id=event.event_id,
+                           event_type=event.event_type, trace_id=event.trace_id)
+            return "duplicate", event.event_id
+        self._log.info(f"Received event from {requester}", event_id=event.event_id,
+                       event_type=event.event_type, trace_id=event.trace_id, requester_id=requester)
+        return "stored", event.event_id
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def list_events(self, params: dict[str, str]) -> dict[str, Any]:
+        limit = _int_param(params, "limit", default=100, low=1, high=1000)
+        order = params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise BadRequest("'order' must be 'asc' or 'desc'", code="invalid_parameter", field="order")
+        filters: dict[str, str] = {}
+        for name in LIST_FILTERS:
+            value = params.get(name)
+            if value is None:
+                continue
+            if not value or len(value) > 256:
+                raise BadRequest(f"'{name}' must be 1..256 characters", code="invalid_parameter", field=name)
+            attr = "agent_key" if name in ("user_id", "agent_id") else name
+            if attr in filters and filters[attr] != value:
+                raise BadRequest("'user_id' and 'agent_id' name the same subject; they differ",
+                                 code="invalid_parameter", field=name)
+            filters[attr] = value
+        since = domain.isoformat(domain.parse_time(params["since"], "since")) if "since" in params else None
+        until = domain.isoformat(domain.parse_time(params["until"], "until")) if "until" in params else None
+        if since and until and since > until:
+            raise BadRequest("'since' is after 'until'", code="invalid_parameter", field="since")
+        fingerprint = hashlib.sha256(
+            domain.canonical_json([filters, since, until, order]).encode()).hexdigest()[:16]
+        start_key = None
+        if params.get("cursor"):
+            position = domain.decode_cursor(params["cursor"], fingerprint, self._cursor_secret)
+            if not all(isinstance(v, str) for v in position.values()):
+                raise BadRequest("Invalid or tampered cursor", code="invalid_cursor", field="cursor")
+            start_key = position
+        page = self._events.query(EventQuery(filters, since, until, limit, order == "desc", start_key))
+        events = [domain.public_event(item) for item in page.items]
+        next_cursor = (domain.encode_cursor(page.next_key, fingerprint, self._cursor_secret)
+                       if page.next_key else None)
+        return {"events": events, "count": len(events), "showing": len(events), "next_cursor": next_cursor}
+
+    def get_event(self, event_id: str) -> dict[str, Any]:
+        stored = self._events.get(event_id) if len(event_id) <= 128 else None
+        if stored is None:
+            raise NotFound(f"No event with id '{event_id}'", code="event_not_found")
+        return {"success": True, "event": domain.public_event(stored)}
+
+    def stats(self) -> dict[str, Any]:
+        totals = self._stats.totals()
+        breakdown = self._stats.breakdown()
+        return {
+            "stats": {
+                "events_received": totals["total_events"],
+                "total_events": totals["total_events"],
+                "by_event_type": breakdown["by_event_type"],
+                "by_requester": breakdown["by_requester"],
+                "agents_tracked": totals["agents_tracked"],
+                "last_event_at": totals["last_event_at"],
+            },
+            "integration_status": {"storage": "dynamodb", "stats_source": "events stream",
+                                   "status": "connected"},
+        }
+
+    def read_context(self, params: dict[str, str]) -> dict[str, Any]:
+        agent_id = params.get("agent_id") or params.get("user_id")
+        if not agent_id or len(agent_id) > 256:
+            raise BadRequest("'agent_id' (1..256 characters) is required", code="invalid_parameter",
+                             field="agent_id")
+        limit = _int_param(params, "limit", default=20, low=1, high=100)
+        page = self._events.query(EventQuery({"agent_key": agent_id}, None, None, limit, True, None))
+        recent = [domain.public_event(item) for item in page.items]
+        summary = self._stats.agent(agent_id) or {}
+        recent_types: list[str] = []
+        for event in recent:
+            if event["event_type"] not in recent_types:
+                recent_types.append(event["event_type"])
+        return {
+            "agent_id": agent_id,
+            "event_count": summary.get("event_count", 0),
+            "last_update": recent[0]["received_at"] if recent else summary.get("last_event_at"),
+            "recent_event_types": recent_types,
+            "recent_events": recent,
+        }
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        from bhiv.errors import StorageUnavailable
+
+        try:
+            self._events.ping()
+            totals = self._stats.totals()
+        except StorageUnavailable as exc:
+            return 503, {"status": "unhealthy", "bucket_version": VERSION,
+                         "storage": {"status": "unreachable", "error": str(exc)[:200]},
+                         "core_integration": {"status": "disconnected", "events_received": 0,
+                                              "agents_tracked": 0}}
+        return 200, {"status": "healthy", "bucket_version": VERSION,
+                     "storage": {"status": "ok", "backend": "dynamodb"},
+                     "auth": "disabled" if self._auth.auth_disabled else "bearer",
+                     "core_integration": {"status": "active", "events_received": totals["total_events"],
+                                          "agents_tracked": totals["agents_tracked"]}}
+
+
+def _int_param(params: dict[str, str], name: str, *, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an integer {low}..{high}", code="invalid_parameter", field=name) from None
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}, got {value}", code="invalid_parameter",
+                         field=name)
+    return value

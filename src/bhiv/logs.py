@@ -1,0 +1,19 @@
+"""Structured JSON logging (Powertools Logger): one line per record, with the trace id."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from aws_lambda_powertools import Logger
+
+
+def get_logger(service: str) -> Logger:
+    logger = Logger(service=service, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
+    log_dir = os.environ.get("BHIV_LOG_DIR")
+    if log_dir and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+        os.makedirs(log_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(log_dir, f"{service}.log"), encoding="utf-8")
+        file_handler.setFormatter(logger.registered_formatter)
+        logger.addHandler(file_handler)
+    return logger

@@ -1,0 +1,1 @@
+"""AWS access behind small adapters (DynamoDB, SQS). Domain code never imports boto3."""

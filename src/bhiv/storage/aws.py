@@ -1,0 +1,34 @@
+"""boto3 clients configured from the environment (region, optional endpoint for moto server)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+_CONFIG = Config(
+    retries={"max_attempts": 3, "mode": "standard"},
+    connect_timeout=2,
+    read_timeout=5,
+    account_id_endpoint_mode="disabled",  # moto does not know account-based endpoints
+)
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+@lru_cache(maxsize=None)
+def client(service: str) -> Any:
+    endpoint = os.environ.get("BHIV_AWS_ENDPOINT_URL") or None
+    return boto3.client(service, region_name=region(), endpoint_url=endpoint, config=_CONFIG)
+
+
+def table_name(env_var: str) -> str:
+    name = os.environ.get(env_var)
+    if not name:
+        raise RuntimeError(f"{env_var} is not set (the table name comes from template.yaml)")
+    return name

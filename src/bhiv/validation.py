@@ -1,0 +1,53 @@
+"""Request validation against the JSON Schemas in contracts/, so the API accepts exactly what the
+contracts (and the OpenAPI specs built from the same shapes) say."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from bhiv.contracts import load_schema
+from bhiv.errors import BadRequest, PayloadTooLarge, Unprocessable
+
+
+@lru_cache(maxsize=None)
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(load_schema(name))
+
+
+def schema_errors(name: str, instance: Any, prefix: str = "") -> list[dict[str, str]]:
+    errors = []
+    for err in validator(name).iter_errors(instance):
+        path = ".".join(str(p) for p in err.absolute_path)
+        if err.validator == "required" and err.message.startswith("'"):
+            path = ".".join(p for p in (path, err.message.split("'")[1]) if p)
+        elif err.validator == "additionalProperties" and "'" in err.message:
+            path = ".".join(p for p in (path, err.message.split("'")[1]) if p)
+        field = ".".join(p for p in (prefix, path) if p)
+        errors.append({"field": field or "body", "message": err.message})
+    errors.sort(key=lambda e: e["field"])
+    return errors
+
+
+def raise_for_errors(errors: list[dict[str, str]]) -> None:
+    if errors:
+        first = errors[0]
+        raise Unprocessable(
+            f"Invalid field '{first['field']}': {first['message']}",
+            field=first["field"],
+            errors=errors,
+        )
+
+
+def parse_json_body(raw: bytes | None, max_bytes: int) -> Any:
+    if raw is None or raw == b"":
+        raise BadRequest("Request body is empty; a JSON object is required", code="invalid_json")
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"Request body is {len(raw)} bytes; the limit is {max_bytes}", limit_bytes=max_bytes)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"Malformed JSON: {exc}", code="invalid_json") from None
