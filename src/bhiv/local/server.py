@@ -1,0 +1,69 @@
+"""Serving a Chalice app over HTTP on loopback, like `chalice local` but without its latency stall."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from chalice.config import Config
+from chalice.local import ChaliceRequestHandler, LocalDevServer
+
+_MODULES: dict[Path, ModuleType] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+class NoDelayRequestHandler(ChaliceRequestHandler):
+    # chalice local writes headers and body separately; with Nagle on, each kept-alive request
+    # stalls ~43 ms waiting for the peer's delayed ACK (ARCHITECTURE.md 5).
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # the apps log structured JSON themselves
+
+
+def load_function_module(code_uri: str | Path, module: str = "app", root: Path | None = None) -> ModuleType:
+    """Import <code_uri>/<module>.py under a unique name (every function's module is called app)."""
+    base = (root or Path(__file__).resolve().parents[3]) / str(code_uri)
+    path = (base / f"{module}.py").resolve()
+    with _LOAD_LOCK:
+        if path in _MODULES:
+            return _MODULES[path]
+        name = f"bhiv_fn_{path.parent.name}_{module}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded
+        spec.loader.exec_module(loaded)
+        _MODULES[path] = loaded
+        return loaded
+
+
+def resolve_handler(code_uri: str, handler: str, root: Path | None = None) -> Any:
+    module, _, attr = handler.rpartition(".")
+    return getattr(load_function_module(code_uri, module, root), attr)
+
+
+class AppServer:
+    """One Chalice app on 127.0.0.1:<port>, served from a background thread."""
+
+    def __init__(self, app: Any, port: int, host: str = "127.0.0.1", name: str = "app") -> None:
+        self.name = name
+        self._server = LocalDevServer(app, Config(chalice_stage="local"), host, port,
+                                      handler_cls=NoDelayRequestHandler)
+        self._server.server.daemon_threads = True
+        self.port = self._server.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(target=self._server.server.serve_forever, name=f"http-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.server.shutdown()
+        self._server.server.server_close()
+        self._thread.join(timeout=5)

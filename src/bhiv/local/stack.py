@@ -1,0 +1,178 @@
+"""`bhiv up`: embedded DynamoDB/SQS (moto), the functions' HTTP APIs, and the stream pollers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bhiv.auth import load_requesters, new_token
+
+log = logging.getLogger("bhiv.local")
+
+# Function logical id in template.yaml -> (port attribute of StackConfig, service name)
+HTTP_FUNCTIONS = {"BucketFunction": ("bucket_port", "bucket")}
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path = Path(".bhiv")
+    bucket_port: int = 8001
+    moto_port: int = 8005
+    auth: bool = True
+    host: str = "127.0.0.1"
+    poll_interval_s: float = 0.05
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_credentials(state_dir: Path) -> Path:
+    """A token per known requester in <state-dir>/credentials.json (0600); new requesters get one."""
+    path = state_dir / "credentials.json"
+    tokens: dict[str, str] = {}
+    if path.exists():
+        tokens = json.loads(path.read_text(encoding="utf-8"))
+    missing = [rid for rid in load_requesters() if rid not in tokens]
+    if missing or not path.exists():
+        for rid in missing:
+            tokens[rid] = new_token()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(tokens, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    return path
+
+
+def _aws_env() -> dict[str, str]:
+    return {
+        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        "AWS_ACCESS_KEY_ID": "bhiv-local",
+        "AWS_SECRET_ACCESS_KEY": "bhiv-local",  # noqa: S105 - moto accepts anything
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    }
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir.resolve()
+        self.urls: dict[str, str] = {}
+        self.credentials_path = self.state_dir / "credentials.json"
+        self._mock: Any = None
+        self._moto_server: Any = None
+        self._servers: list[Any] = []
+        self._pollers: list[Any] = []
+        self._stopped = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        import boto3
+        from moto import mock_aws
+
+        from bhiv.local import moto_patch, server, template
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        ensure_credentials(self.state_dir)
+        env = {
+            **_aws_env(),
+            "BHIV_CREDENTIALS_FILE": str(self.credentials_path),
+            "BHIV_AUTH_DISABLED": "0" if self.config.auth else "1",
+            "BHIV_LOG_DIR": str(self.state_dir / "logs"),
+            **self.config.extra_env,
+        }
+        os.environ.update(env)
+        os.environ.pop("BHIV_AWS_ENDPOINT_URL", None)  # in-process: the mock intercepts boto3
+
+        self._mock = mock_aws()
+        self._mock.start()
+        moto_patch.install()
+        if self.config.moto_port:
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            self._moto_server = ThreadedMotoServer(ip_address=self.config.host, port=self.config.moto_port,
+                                                   verbose=False)
+            self._moto_server.start()
+            self.urls["aws"] = f"http://{self.config.host}:{self.config.moto_port}"
+
+        dynamodb = boto3.client("dynamodb")
+        sqs = boto3.client("sqs")
+        queue_urls = template.create_resources(dynamodb, sqs)
+        tmpl = template.load_template()
+        for function in template.resources("AWS::Serverless::Function", tmpl):
+            os.environ.update(template.function_environment(function, tmpl))
+
+        for function, (port_attr, name) in HTTP_FUNCTIONS.items():
+            props = tmpl["Resources"][function]["Properties"]
+            app = server.resolve_handler(props["CodeUri"], props["Handler"])
+            app_server = server.AppServer(app, getattr(self.config, port_attr), self.config.host, name)
+            app_server.start()
+            self._servers.append(app_server)
+            self.urls[name] = app_server.url
+
+        self._start_pollers(dynamodb, sqs, queue_urls, tmpl)
+        self._write_stack_file()
+
+    def _start_pollers(self, dynamodb: Any, sqs: Any, queue_urls: dict[str, str], tmpl: dict[str, Any]) -> None:
+        import boto3
+        from botocore.config import Config
+
+        from bhiv.local import server, template
+        from bhiv.local.streams import StreamPoller
+
+        streams = boto3.client("dynamodbstreams", config=Config(account_id_endpoint_mode="disabled"))
+        checkpoints = self.state_dir / "checkpoints"
+        checkpoints.mkdir(exist_ok=True)
+        for mapping in template.stream_mappings(tmpl):
+            handler = server.resolve_handler(mapping.code_uri, mapping.handler)
+            poller = StreamPoller(
+                mapping=mapping,
+                handler=handler,
+                dynamodb=dynamodb,
+                streams=streams,
+                sqs=sqs,
+                queue_url=queue_urls.get(mapping.on_failure_queue or ""),
+                checkpoint_path=checkpoints / f"{mapping.function}.json",
+                poll_interval_s=self.config.poll_interval_s,
+            )
+            poller.start()
+            self._pollers.append(poller)
+
+    def _write_stack_file(self) -> None:
+        info = {"pid": os.getpid(), "urls": self.urls, "auth": self.config.auth,
+                "credentials": str(self.credentials_path)}
+        (self.state_dir / "stack.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for poller in self._pollers:
+            poller.stop()
+        for app_server in self._servers:
+            app_server.stop()
+        if self._moto_server is not None:
+            self._moto_server.stop()
+        if self._mock is not None:
+            self._mock.stop()
+        (self.state_dir / "stack.json").unlink(missing_ok=True)
+
+    def pollers(self) -> list[Any]:
+        return list(self._pollers)
+
+
+def read_stack_file(state_dir: Path) -> dict[str, Any] | None:
+    path = state_dir / "stack.json"
+    if not path.exists():
+        return None
+    info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return info
