@@ -1,0 +1,45 @@
+"""Aggregates from the stream: each event counted exactly once, whatever the re-deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from bhiv.storage.stats import StatsStore
+
+
+def _event(i: int, agent: str | None = None, event_type: str = "t") -> dict[str, Any]:
+    event = {"event_id": f"e{i}", "event_type": event_type, "requester_id": "req",
+             "received_at": f"2026-11-29T00:00:{i:02d}.000000Z"}
+    if agent:
+        event["agent_key"] = agent
+    return event
+
+
+def test_each_event_counts_once_even_when_redelivered(aws: dict[str, Any]) -> None:
+    stats = StatsStore(aws["dynamodb"], "BucketStatsTable")
+    events = [_event(1, "alice", "a"), _event(2, "bob", "a"), _event(3, "alice", "b"), _event(4)]
+    assert [stats.apply(e) for e in events] == [True, True, True, True]
+    assert [stats.apply(e) for e in events] == [False, False, False, False]
+    totals = stats.totals()
+    assert totals["total_events"] == 4
+    assert totals["agents_tracked"] == 2
+    assert stats.breakdown() == {"by_event_type": {"a": 2, "b": 1, "t": 1}, "by_requester": {"req": 4}}
+    alice = stats.agent("alice")
+    assert alice is not None and alice["event_count"] == 2
+
+
+def test_a_cancelled_transaction_writes_nothing(aws: dict[str, Any]) -> None:
+    client = aws["dynamodb"]
+    client.put_item(TableName="BucketStatsTable", Item={"pk": {"S": "x"}, "sk": {"S": "taken"}})
+    with pytest.raises(ClientError) as err:
+        client.transact_write_items(TransactItems=[
+            {"Put": {"TableName": "BucketStatsTable", "Item": {"pk": {"S": "x"}, "sk": {"S": "new"}}}},
+            {"Put": {"TableName": "BucketStatsTable", "Item": {"pk": {"S": "x"}, "sk": {"S": "taken"}},
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+        ])
+    reasons = [r["Code"] for r in err.value.response["CancellationReasons"]]
+    assert reasons == ["None", "ConditionalCheckFailed"]
+    assert "Item" not in client.get_item(TableName="BucketStatsTable", Key={"pk": {"S": "x"}, "sk": {"S": "new"}})
