@@ -27,6 +27,9 @@ class FakeEventStore:
         self.items[event.event_id] = item
         return None
 
+    def append_many(self, events: list[NewEvent]) -> list[dict[str, Any] | None]:
+        return [self.append(event) for event in events]
+
     def get(self, event_id: str) -> dict[str, Any] | None:
         return self.items.get(event_id)
 

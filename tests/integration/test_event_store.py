@@ -85,3 +85,15 @@ def test_pagination_visits_every_event_once_newest_first(aws: dict[str, Any]) ->
         if not start:
             break
     assert seen == [i for i in reversed(ids) if int(i[1:]) % 4 == 2]
+
+
+def test_batch_append_stores_new_ids_and_reports_existing_ones(aws: dict[str, Any]) -> None:
+    store = EventStore(aws["dynamodb"], "EventsTable")
+    old = build_event({"event_type": "x", "v": 0}, "req", "b-0", T0)
+    store.append(old)
+    batch = [build_event({"event_type": "x", "v": i}, "req", f"b-{i}", T0 + timedelta(seconds=1)) for i in range(3)]
+    found = store.append_many(batch)
+    assert found[0] is not None and found[0]["content_hash"] == old.content_hash
+    assert found[1:] == [None, None]
+    assert store.get("b-2") is not None
+    assert store.append_many(batch[1:]) == [store.get("b-1"), store.get("b-2")]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from bhiv.auth import Authenticator, Principal
 from bhiv.bucket import domain
 from bhiv.contracts import event_type_errors
-from bhiv.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
+from bhiv.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
 from bhiv.storage.events import EventPage, EventQuery
 from bhiv.validation import raise_for_errors, schema_errors
 
@@ -21,6 +21,7 @@ LIST_FILTERS = ("event_type", "requester_id", "trace_id", "user_id", "agent_id")
 
 class EventRepository(Protocol):
     def append(self, event: domain.NewEvent) -> dict[str, Any] | None: ...
+    def append_many(self, events: list[domain.NewEvent]) -> list[dict[str, Any] | None]: ...
     def get(self, event_id: str) -> dict[str, Any] | None: ...
     def query(self, query: EventQuery) -> EventPage: ...
     def ping(self) -> None: ...
@@ -82,25 +83,42 @@ class BucketService:
                     limit_items=domain.MAX_BATCH_ITEMS)
         raise_for_errors(schema_errors("write_events_request", body))
         requester = self._auth.requester_for_write(principal, body["requester_id"])
-        results: list[dict[str, Any]] = []
+        results: list[dict[str, Any] | None] = [None] * len(body["events"])
+        accepted: list[tuple[int, domain.NewEvent]] = []
+        first_of_id: dict[str, domain.NewEvent] = {}
+        now = self._clock()
         for index, item in enumerate(body["events"]):
-            results.append(self._store_batch_item(index, requester, item))
-        stored_any = any(r["status"] == "stored" for r in results)
-        all_ok = all(r["status"] != "error" for r in results)
-        return (201 if stored_any else 200), {"success": all_ok, "results": results}
-
-    def _store_batch_item(self, index: int, requester: str, item: dict[str, Any]) -> dict[str, Any]:
-        event_id = item.get("event_id")
-        try:
-            errors = schema_errors("write_event_request", {"requester_id": requester, **item},
-                                   prefix=f"events.{index}")
-            raise_for_errors(errors)
-            self._check_event(item["event_data"], f"events.{index}.event_data")
-            outcome, stored_id = self._store(requester, item["event_data"], event_id)
-            return {"index": index, "status": outcome, "event_id": stored_id}
-        except (Unprocessable, Conflict, PayloadTooLarge) as exc:
-            return {"index": index, "status": "error", "event_id": event_id if isinstance(event_id, str) else None,
-                    "error": exc.to_body()["error"] | {"status": exc.status}}
+            event_id = item.get("event_id")
+            try:
+                raise_for_errors(schema_errors("write_event_request", {"requester_id": requester, **item},
+                                               prefix=f"events.{index}"))
+                self._check_event(item["event_data"], f"events.{index}.event_data")
+            except (Unprocessable, PayloadTooLarge) as exc:
+                results[index] = _item_error(index, event_id, exc)
+                continue
+            # one microsecond apart, so a batch reads back in the order it was sent
+            event = domain.build_event(item["event_data"], requester, event_id, now + timedelta(microseconds=index))
+            earlier = first_of_id.get(event.event_id)
+            if earlier is None:
+                first_of_id[event.event_id] = event
+                accepted.append((index, event))
+            elif earlier.content_hash == event.content_hash:
+                results[index] = {"index": index, "status": "duplicate", "event_id": event.event_id}
+            else:
+                results[index] = _item_error(index, event_id, _conflict(event.event_id))
+        existing = self._events.append_many([event for _, event in accepted]) if accepted else []
+        for (index, event), found in zip(accepted, existing, strict=True):
+            if found is None:
+                self._log_received(event)
+                results[index] = {"index": index, "status": "stored", "event_id": event.event_id}
+            elif found.get("content_hash") == event.content_hash:
+                results[index] = {"index": index, "status": "duplicate", "event_id": event.event_id}
+            else:
+                results[index] = _item_error(index, event.event_id, _conflict(event.event_id))
+        final = [r for r in results if r is not None]
+        stored_any = any(r["status"] == "stored" for r in final)
+        all_ok = all(r["status"] != "error" for r in final)
+        return (201 if stored_any else 200), {"success": all_ok, "results": final}
 
     def _check_event(self, event_data: dict[str, Any], where: str) -> None:
         size = domain.event_size(event_data)
@@ -117,14 +135,16 @@ class BucketService:
         existing = self._events.append(event)
         if existing is not None:
             if existing.get("content_hash") != event.content_hash:
-                raise Conflict(f"Event '{event.event_id}' already exists with different content",
-                               code="event_id_conflict", field="event_id", event_id=event.event_id)
+                raise _conflict(event.event_id)
             self._log.info(f"Duplicate event from {requester} ignored", event_id=event.event_id,
                            event_type=event.event_type, trace_id=event.trace_id)
             return "duplicate", event.event_id
-        self._log.info(f"Received event from {requester}", event_id=event.event_id,
-                       event_type=event.event_type, trace_id=event.trace_id, requester_id=requester)
+        self._log_received(event)
         return "stored", event.event_id
+
+    def _log_received(self, event: domain.NewEvent) -> None:
+        self._log.info(f"Received event from {event.requester_id}", event_id=event.event_id,
+                       event_type=event.event_type, trace_id=event.trace_id, requester_id=event.requester_id)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -222,6 +242,16 @@ class BucketService:
                      "auth": "disabled" if self._auth.auth_disabled else "bearer",
                      "core_integration": {"status": "active", "events_received": totals["total_events"],
                                           "agents_tracked": totals["agents_tracked"]}}
+
+
+def _conflict(event_id: str) -> Conflict:
+    return Conflict(f"Event '{event_id}' already exists with different content", code="event_id_conflict",
+                    field="event_id", event_id=event_id)
+
+
+def _item_error(index: int, event_id: Any, exc: ApiError) -> dict[str, Any]:
+    return {"index": index, "status": "error", "event_id": event_id if isinstance(event_id, str) else None,
+            "error": exc.to_body()["error"] | {"status": exc.status}}
 
 
 def _int_param(params: dict[str, str], name: str, *, default: int, low: int, high: int) -> int:

@@ -113,6 +113,49 @@ class EventStore:
             return existing
 
     @storage_errors
+    def append_many(self, events: list[NewEvent]) -> list[dict[str, Any] | None]:
+        """Append events with distinct ids in one transaction; per event, the existing item or None.
+
+        Ids already stored are found with one BatchGetItem; the rest go in together, each on the
+        condition that its id is still free, so a concurrent writer can never be overwritten.
+        """
+        result: list[dict[str, Any] | None] = [None] * len(events)
+        pending = list(range(len(events)))
+        for _ in range(5):
+            existing = self._batch_get([events[i].event_id for i in pending])
+            for i in pending:
+                result[i] = existing.get(events[i].event_id)
+            pending = [i for i in pending if result[i] is None]
+            if not pending:
+                return result
+            try:
+                self._client.transact_write_items(TransactItems=[
+                    {"Put": {"TableName": self._table, "Item": to_item(events[i]),
+                             "ConditionExpression": "attribute_not_exists(event_id)"}}
+                    for i in pending
+                ])
+                return result
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                    raise
+                # someone stored one of these ids meanwhile: look again and retry the rest
+        raise StorageUnavailable("batch append kept conflicting with concurrent writers")
+
+    def _batch_get(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        keys = [{"event_id": {"S": event_id}} for event_id in event_ids]
+        while keys:
+            chunk, keys = keys[:100], keys[100:]
+            request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True}}
+            while request:
+                resp = self._client.batch_get_item(RequestItems=request)
+                for raw in resp.get("Responses", {}).get(self._table, []):
+                    item = from_item(raw)
+                    found[item["event_id"]] = item
+                request = resp.get("UnprocessedKeys") or {}
+        return found
+
+    @storage_errors
     def get(self, event_id: str) -> dict[str, Any] | None:
         resp = self._client.get_item(TableName=self._table, Key={"event_id": {"S": event_id}}, ConsistentRead=True)
         item = resp.get("Item")

@@ -1,0 +1,90 @@
+"""Start `bhiv up` as a real subprocess on free ports, as users and the project's checks do."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+BHIV = ROOT / ".venv" / "bin" / "bhiv"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[str]
+    state_dir: Path
+    bucket_url: str
+    log_path: Path
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        tokens: dict[str, str] = json.loads((self.state_dir / "credentials.json").read_text(encoding="utf-8"))
+        return tokens
+
+    def auth(self, requester: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[requester]}"}
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningStack:
+    bucket_port, moto_port = free_port(), free_port()
+    log_path = state_dir.parent / f"{state_dir.name}-stack.log"
+    log = log_path.open("w", encoding="utf-8")
+    process = subprocess.Popen(
+        [str(BHIV) if BHIV.exists() else sys.executable, *([] if BHIV.exists() else ["-m", "bhiv.cli"]), "up",
+         "--state-dir", str(state_dir), "--bucket-port", str(bucket_port), "--moto-port", str(moto_port), *extra],
+        stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+    stack = RunningStack(process, state_dir, f"http://127.0.0.1:{bucket_port}", log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bhiv up exited early:\n{stack.output()}")
+        try:
+            if requests.get(f"{stack.bucket_url}/health", timeout=1).status_code == 200:
+                return stack
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    stack.stop()
+    raise RuntimeError(f"bhiv up did not become healthy in {timeout}s:\n{stack.output()}")
+
+
+def poll_until(fetch: Any, predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
+    """Call fetch() until predicate(result) holds; fail with the last result at the deadline."""
+    deadline = time.monotonic() + timeout
+    result = fetch()
+    while not predicate(result):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last result: {result!r}")
+        time.sleep(interval)
+        result = fetch()
+    return result
