@@ -16,9 +16,15 @@ class FakeEventStore:
         if event.event_id in self.items:
             return self.items[event.event_id]
         item = {
-            "event_id": event.event_id, "event_type": event.event_type, "requester_id": event.requester_id,
-            "timestamp": event.received_at, "received_at": event.received_at, "ts_id": event.ts_id,
-            "event_data": event.event_data_json, "content_hash": event.content_hash, "feed": "all",
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "requester_id": event.requester_id,
+            "timestamp": event.received_at,
+            "received_at": event.received_at,
+            "ts_id": event.ts_id,
+            "event_data": event.event_data_json,
+            "content_hash": event.content_hash,
+            "feed": "all",
         }
         if event.trace_id:
             item["trace_id"] = event.trace_id
@@ -35,8 +41,11 @@ class FakeEventStore:
 
     def query(self, query: EventQuery) -> EventPage:
         rows = [i for i in self.items.values() if all(i.get(k) == v for k, v in query.filters.items())]
-        rows = [i for i in rows if (not query.since or i["ts_id"] >= query.since)
-                and (not query.until or i["ts_id"] <= query.until + "~")]
+        rows = [
+            i
+            for i in rows
+            if (not query.since or i["ts_id"] >= query.since) and (not query.until or i["ts_id"] <= query.until + "~")
+        ]
         rows.sort(key=lambda i: i["ts_id"], reverse=query.newest_first)
         if query.start_key:
             after = query.start_key["ts_id"]

@@ -21,9 +21,7 @@ import yaml
 
 from bhiv.errors import Forbidden, Unauthorized
 
-ALL_SCOPES = frozenset(
-    {"events:write", "events:read", "karma:read", "karma:write", "workflows:execute"}
-)
+ALL_SCOPES = frozenset({"events:write", "events:read", "karma:read", "karma:write", "workflows:execute"})
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,7 @@ class Authenticator:
         if principal.authenticated:
             if claimed != principal.requester_id:
                 raise Forbidden(
-                    f"The body names requester '{claimed}' but the token belongs to "
-                    f"'{principal.requester_id}'",
+                    f"The body names requester '{claimed}' but the token belongs to '{principal.requester_id}'",
                     code="requester_mismatch",
                     field="requester_id",
                 )

@@ -17,8 +17,12 @@ BANNER_WIDTH = 72
 
 
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", type=Path, default=Path(".bhiv"),
-                        help="where credentials, checkpoints and logs live (default: .bhiv/)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".bhiv"),
+        help="where credentials, checkpoints and logs live (default: .bhiv/)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local stack in the foreground (Ctrl-C stops it)")
     _state_dir_arg(up)
     up.add_argument("--bucket-port", type=int, default=8001)
-    up.add_argument("--moto-port", type=int, default=8005,
-                    help="port of the embedded AWS endpoint (moto server) for the AWS CLI and `bhiv` tools; 0 = off")
-    up.add_argument("--no-auth", action="store_true",
-                    help="accept requests without tokens (loopback only; for legacy clients)")
+    up.add_argument(
+        "--moto-port",
+        type=int,
+        default=8005,
+        help="port of the embedded AWS endpoint (moto server) for the AWS CLI and `bhiv` tools; 0 = off",
+    )
+    up.add_argument(
+        "--no-auth", action="store_true", help="accept requests without tokens (loopback only; for legacy clients)"
+    )
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 
     dlq = sub.add_parser("dlq", help="records that exhausted their stream retries")
@@ -63,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from bhiv.local.stack import LocalStack, StackConfig
 
-    config = StackConfig(state_dir=args.state_dir, bucket_port=args.bucket_port, moto_port=args.moto_port,
-                         auth=not args.no_auth)
+    config = StackConfig(
+        state_dir=args.state_dir, bucket_port=args.bucket_port, moto_port=args.moto_port, auth=not args.no_auth
+    )
     stack = LocalStack(config)
     try:
         stack.start()
@@ -124,10 +134,15 @@ def run_demo(bucket_url: str, credentials_path: Path) -> int:
     tokens = json.loads(credentials_path.read_text(encoding="utf-8"))
     trace_id = f"demo_{int(time.time() * 1000)}"
     print(f"\n[demo] POST {bucket_url}/core/write-event  (trace_id={trace_id})")
-    status, body = _request("POST", f"{bucket_url}/core/write-event", tokens["workflow_executor"], {
-        "requester_id": "workflow_executor",
-        "event_data": {"event_type": "demo", "trace_id": trace_id, "user_id": "demo_user", "message": "hello"},
-    })
+    status, body = _request(
+        "POST",
+        f"{bucket_url}/core/write-event",
+        tokens["workflow_executor"],
+        {
+            "requester_id": "workflow_executor",
+            "event_data": {"event_type": "demo", "trace_id": trace_id, "user_id": "demo_user", "message": "hello"},
+        },
+    )
     print(f"[demo]   -> {status} {json.dumps(body)}")
     if status != 201:
         print("[demo] FAILED: the Bucket did not store the event", file=sys.stderr)

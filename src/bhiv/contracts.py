@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def event_type_validators() -> dict[str, Draft202012Validator]:
     """event_type -> validator, for every event type with a contract under contracts/events/."""
     validators: dict[str, Draft202012Validator] = {}

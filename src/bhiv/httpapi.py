@@ -45,12 +45,18 @@ def api_view(app: Chalice, logger: Logger) -> Callable[[Callable[..., Response]]
                 return error_response(exc)
             except StorageUnavailable as exc:
                 logger.error("Storage unavailable", reason=str(exc))
-                return json_response(503, {"success": False, "error": {
-                    "code": "storage_unavailable", "message": "Storage is unreachable; retry later"}})
+                return json_response(
+                    503,
+                    {
+                        "success": False,
+                        "error": {"code": "storage_unavailable", "message": "Storage is unreachable; retry later"},
+                    },
+                )
             except Exception:
                 logger.exception("Unhandled error")
-                return json_response(500, {"success": False, "error": {
-                    "code": "internal_error", "message": "Internal error"}})
+                return json_response(
+                    500, {"success": False, "error": {"code": "internal_error", "message": "Internal error"}}
+                )
 
         return wrapper
 

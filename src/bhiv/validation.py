@@ -4,7 +4,7 @@ contracts (and the OpenAPI specs built from the same shapes) say."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -13,7 +13,7 @@ from bhiv.contracts import load_schema
 from bhiv.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(load_schema(name))
 
@@ -22,9 +22,9 @@ def schema_errors(name: str, instance: Any, prefix: str = "") -> list[dict[str, 
     errors = []
     for err in validator(name).iter_errors(instance):
         path = ".".join(str(p) for p in err.absolute_path)
-        if err.validator == "required" and err.message.startswith("'"):
-            path = ".".join(p for p in (path, err.message.split("'")[1]) if p)
-        elif err.validator == "additionalProperties" and "'" in err.message:
+        if (err.validator == "required" and err.message.startswith("'")) or (
+            err.validator == "additionalProperties" and "'" in err.message
+        ):
             path = ".".join(p for p in (path, err.message.split("'")[1]) if p)
         field = ".".join(p for p in (prefix, path) if p)
         errors.append({"field": field or "body", "message": err.message})

@@ -59,9 +59,22 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningSta
     log_path = state_dir.parent / f"{state_dir.name}-stack.log"
     log = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
-        [str(BHIV) if BHIV.exists() else sys.executable, *([] if BHIV.exists() else ["-m", "bhiv.cli"]), "up",
-         "--state-dir", str(state_dir), "--bucket-port", str(bucket_port), "--moto-port", str(moto_port), *extra],
-        stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        [
+            str(BHIV) if BHIV.exists() else sys.executable,
+            *([] if BHIV.exists() else ["-m", "bhiv.cli"]),
+            "up",
+            "--state-dir",
+            str(state_dir),
+            "--bucket-port",
+            str(bucket_port),
+            "--moto-port",
+            str(moto_port),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
     )
     stack = RunningStack(process, state_dir, f"http://127.0.0.1:{bucket_port}", log_path)
     deadline = time.monotonic() + timeout

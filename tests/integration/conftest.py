@@ -14,8 +14,12 @@ from bhiv.local import moto_patch, template
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """moto with the template's tables and queues, and the Bucket's environment."""
-    for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
-                       "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"}.items():
+    for key, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
     with mock_aws():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bhiv.bucket.domain import build_event, isoformat
 from bhiv.storage.events import EventQuery, EventStore
 
-T0 = datetime(2026, 11, 29, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 
 
 def _fill(store: EventStore, dynamodb: Any, count: int, start: int = 0) -> list[str]:
@@ -17,8 +17,12 @@ def _fill(store: EventStore, dynamodb: Any, count: int, start: int = 0) -> list[
     from bhiv.storage.events import to_item
 
     for i in range(start, start + count):
-        event = build_event({"event_type": f"type{i % 4}", "user_id": f"user{i % 10}", "n": i},
-                            f"req{i % 3}", f"e{i:06d}", T0 + timedelta(seconds=i))
+        event = build_event(
+            {"event_type": f"type{i % 4}", "user_id": f"user{i % 10}", "n": i},
+            f"req{i % 3}",
+            f"e{i:06d}",
+            T0 + timedelta(seconds=i),
+        )
         ids.append(event.event_id)
         batch.append({"PutRequest": {"Item": to_item(event)}})
         if len(batch) == 25:

@@ -11,8 +11,12 @@ from bhiv.storage.stats import StatsStore
 
 
 def _event(i: int, agent: str | None = None, event_type: str = "t") -> dict[str, Any]:
-    event = {"event_id": f"e{i}", "event_type": event_type, "requester_id": "req",
-             "received_at": f"2026-11-29T00:00:{i:02d}.000000Z"}
+    event = {
+        "event_id": f"e{i}",
+        "event_type": event_type,
+        "requester_id": "req",
+        "received_at": f"2026-11-29T00:00:{i:02d}.000000Z",
+    }
     if agent:
         event["agent_key"] = agent
     return event
@@ -35,11 +39,18 @@ def test_a_cancelled_transaction_writes_nothing(aws: dict[str, Any]) -> None:
     client = aws["dynamodb"]
     client.put_item(TableName="BucketStatsTable", Item={"pk": {"S": "x"}, "sk": {"S": "taken"}})
     with pytest.raises(ClientError) as err:
-        client.transact_write_items(TransactItems=[
-            {"Put": {"TableName": "BucketStatsTable", "Item": {"pk": {"S": "x"}, "sk": {"S": "new"}}}},
-            {"Put": {"TableName": "BucketStatsTable", "Item": {"pk": {"S": "x"}, "sk": {"S": "taken"}},
-                     "ConditionExpression": "attribute_not_exists(pk)"}},
-        ])
+        client.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": "BucketStatsTable", "Item": {"pk": {"S": "x"}, "sk": {"S": "new"}}}},
+                {
+                    "Put": {
+                        "TableName": "BucketStatsTable",
+                        "Item": {"pk": {"S": "x"}, "sk": {"S": "taken"}},
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+            ]
+        )
     reasons = [r["Code"] for r in err.value.response["CancellationReasons"]]
     assert reasons == ["None", "ConditionalCheckFailed"]
     assert "Item" not in client.get_item(TableName="BucketStatsTable", Key={"pk": {"S": "x"}, "sk": {"S": "new"}})

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ WRITER = Principal("workflow_executor", frozenset({"events:write"}))
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         self.now += timedelta(milliseconds=1)
@@ -90,8 +90,10 @@ def test_accepted_event_is_logged_with_stable_message(service: BucketService, lo
         ({"requester_id": "workflow_executor"}, "event_data"),
         ({**body(), "extra": 1}, "extra"),
         ({**body(), "event_id": "has spaces"}, "event_id"),
-        ({"requester_id": "workflow_executor", "event_data": {"event_type": "workflow_execution"}},
-         "event_data.execution_result"),
+        (
+            {"requester_id": "workflow_executor", "event_data": {"event_type": "workflow_execution"}},
+            "event_data.execution_result",
+        ),
     ],
 )
 def test_schema_violations_are_422_naming_the_field(
@@ -119,13 +121,19 @@ def test_batch_reports_each_item_and_one_bad_item_does_not_sink_the_rest(
     service: BucketService, store: FakeEventStore
 ) -> None:
     service.write_event(WRITER, {**body(n=0), "event_id": "dup"})
-    status, result = service.write_events(WRITER, {"requester_id": "workflow_executor", "events": [
-        {"event_data": {"event_type": "a", "n": 1}},
-        {"event_data": {"n": 2}},
-        {"event_data": {"event_type": "test", "n": 0}, "event_id": "dup"},
-        {"event_data": {"event_type": "test", "n": 9}, "event_id": "dup"},
-        {"event_data": {"event_type": "b", "n": 3}, "event_id": "b-3"},
-    ]})
+    status, result = service.write_events(
+        WRITER,
+        {
+            "requester_id": "workflow_executor",
+            "events": [
+                {"event_data": {"event_type": "a", "n": 1}},
+                {"event_data": {"n": 2}},
+                {"event_data": {"event_type": "test", "n": 0}, "event_id": "dup"},
+                {"event_data": {"event_type": "test", "n": 9}, "event_id": "dup"},
+                {"event_data": {"event_type": "b", "n": 3}, "event_id": "b-3"},
+            ],
+        },
+    )
     assert status == 201
     assert result["success"] is False
     assert [r["status"] for r in result["results"]] == ["stored", "error", "duplicate", "error", "stored"]
@@ -158,9 +166,16 @@ def test_listing_is_newest_first_and_pages_without_gaps(service: BucketService) 
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": "0"}, {"limit": "1001"}, {"limit": "ten"}, {"order": "sideways"}, {"since": "yesterday"},
-     {"since": "2026-11-30T00:00:00Z", "until": "2026-11-29T00:00:00Z"}, {"cursor": "garbage"},
-     {"trace_id": ""}],
+    [
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "ten"},
+        {"order": "sideways"},
+        {"since": "yesterday"},
+        {"since": "2026-11-30T00:00:00Z", "until": "2026-11-29T00:00:00Z"},
+        {"cursor": "garbage"},
+        {"trace_id": ""},
+    ],
 )
 def test_bad_list_parameters_are_400(service: BucketService, params: dict[str, str]) -> None:
     with pytest.raises(BadRequest):

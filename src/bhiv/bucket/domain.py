@@ -8,7 +8,7 @@ import hmac
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from bhiv.errors import BadRequest
@@ -24,7 +24,7 @@ def canonical_json(value: Any) -> str:
 
 
 def isoformat(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(value: str, name: str) -> datetime:
@@ -32,9 +32,11 @@ def parse_time(value: str, name: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise BadRequest(f"'{name}' must be an ISO 8601 date-time, got {value!r}", code="invalid_parameter", field=name) from None
+        raise BadRequest(
+            f"'{name}' must be an ISO 8601 date-time, got {value!r}", code="invalid_parameter", field=name
+        ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment
 
 
@@ -55,9 +57,7 @@ class NewEvent:
         return f"{self.received_at}#{self.event_id}"
 
 
-def build_event(
-    event_data: dict[str, Any], requester_id: str, event_id: str | None, now: datetime
-) -> NewEvent:
+def build_event(event_data: dict[str, Any], requester_id: str, event_id: str | None, now: datetime) -> NewEvent:
     """The stored form of an accepted event; the server owns every top-level field."""
     data_json = canonical_json(event_data)
     content_hash = hashlib.sha256(f"{requester_id}\n{data_json}".encode()).hexdigest()

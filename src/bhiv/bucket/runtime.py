@@ -45,7 +45,7 @@ def service() -> BucketService:
 
 
 def _image_to_event(record: DynamoDBRecord) -> dict[str, Any] | None:
-    if record.event_name is None or record.event_name.value != "INSERT":
+    if record.raw_event.get("eventName") != "INSERT":
         return None  # the log is append-only; anything but an insert carries nothing new
     image = record.raw_event["dynamodb"]["NewImage"]
     event = {name: value["S"] for name, value in image.items() if "S" in value}
@@ -63,5 +63,7 @@ def _count_record(record: DynamoDBRecord) -> None:
 
 def handle_stats_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
     processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
-    return process_partial_response(event=event, record_handler=_count_record, processor=processor,
-                                    context=context)
+    response: dict[str, Any] = process_partial_response(  # type: ignore[assignment]
+        event=event, record_handler=_count_record, processor=processor, context=context
+    )
+    return response

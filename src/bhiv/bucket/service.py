@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from bhiv.auth import Authenticator, Principal
@@ -38,7 +38,7 @@ class Log(Protocol):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class BucketService:
@@ -70,8 +70,7 @@ class BucketService:
         self._check_event(event_data, "event_data")
         outcome, event_id = self._store(requester, event_data, body.get("event_id"))
         if outcome == "duplicate":
-            return 200, {"success": True, "message": "Duplicate event ignored", "event_id": event_id,
-                         "duplicate": True}
+            return 200, {"success": True, "message": "Duplicate event ignored", "event_id": event_id, "duplicate": True}
         return 201, {"success": True, "message": "Event received", "event_id": event_id, "duplicate": False}
 
     def write_events(self, principal: Principal, body: Any) -> tuple[int, dict[str, Any]]:
@@ -80,7 +79,8 @@ class BucketService:
             if count > domain.MAX_BATCH_ITEMS:
                 raise PayloadTooLarge(
                     f"A batch holds at most {domain.MAX_BATCH_ITEMS} events, got {count}",
-                    limit_items=domain.MAX_BATCH_ITEMS)
+                    limit_items=domain.MAX_BATCH_ITEMS,
+                )
         raise_for_errors(schema_errors("write_events_request", body))
         requester = self._auth.requester_for_write(principal, body["requester_id"])
         results: list[dict[str, Any] | None] = [None] * len(body["events"])
@@ -90,8 +90,9 @@ class BucketService:
         for index, item in enumerate(body["events"]):
             event_id = item.get("event_id")
             try:
-                raise_for_errors(schema_errors("write_event_request", {"requester_id": requester, **item},
-                                               prefix=f"events.{index}"))
+                raise_for_errors(
+                    schema_errors("write_event_request", {"requester_id": requester, **item}, prefix=f"events.{index}")
+                )
                 self._check_event(item["event_data"], f"events.{index}.event_data")
             except (Unprocessable, PayloadTooLarge) as exc:
                 results[index] = _item_error(index, event_id, exc)
@@ -123,8 +124,11 @@ class BucketService:
     def _check_event(self, event_data: dict[str, Any], where: str) -> None:
         size = domain.event_size(event_data)
         if size > domain.MAX_EVENT_BYTES:
-            raise PayloadTooLarge(f"{where} is {size} bytes; the limit is {domain.MAX_EVENT_BYTES}",
-                                  field=where, limit_bytes=domain.MAX_EVENT_BYTES)
+            raise PayloadTooLarge(
+                f"{where} is {size} bytes; the limit is {domain.MAX_EVENT_BYTES}",
+                field=where,
+                limit_bytes=domain.MAX_EVENT_BYTES,
+            )
         errors = event_type_errors(event_data)
         for error in errors:
             error["field"] = error["field"].replace("event_data", where, 1)
@@ -136,15 +140,24 @@ class BucketService:
         if existing is not None:
             if existing.get("content_hash") != event.content_hash:
                 raise _conflict(event.event_id)
-            self._log.info(f"Duplicate event from {requester} ignored", event_id=event.event_id,
-                           event_type=event.event_type, trace_id=event.trace_id)
+            self._log.info(
+                f"Duplicate event from {requester} ignored",
+                event_id=event.event_id,
+                event_type=event.event_type,
+                trace_id=event.trace_id,
+            )
             return "duplicate", event.event_id
         self._log_received(event)
         return "stored", event.event_id
 
     def _log_received(self, event: domain.NewEvent) -> None:
-        self._log.info(f"Received event from {event.requester_id}", event_id=event.event_id,
-                       event_type=event.event_type, trace_id=event.trace_id, requester_id=event.requester_id)
+        self._log.info(
+            f"Received event from {event.requester_id}",
+            event_id=event.event_id,
+            event_type=event.event_type,
+            trace_id=event.trace_id,
+            requester_id=event.requester_id,
+        )
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -162,15 +175,15 @@ class BucketService:
                 raise BadRequest(f"'{name}' must be 1..256 characters", code="invalid_parameter", field=name)
             attr = "agent_key" if name in ("user_id", "agent_id") else name
             if attr in filters and filters[attr] != value:
-                raise BadRequest("'user_id' and 'agent_id' name the same subject; they differ",
-                                 code="invalid_parameter", field=name)
+                raise BadRequest(
+                    "'user_id' and 'agent_id' name the same subject; they differ", code="invalid_parameter", field=name
+                )
             filters[attr] = value
         since = domain.isoformat(domain.parse_time(params["since"], "since")) if "since" in params else None
         until = domain.isoformat(domain.parse_time(params["until"], "until")) if "until" in params else None
         if since and until and since > until:
             raise BadRequest("'since' is after 'until'", code="invalid_parameter", field="since")
-        fingerprint = hashlib.sha256(
-            domain.canonical_json([filters, since, until, order]).encode()).hexdigest()[:16]
+        fingerprint = hashlib.sha256(domain.canonical_json([filters, since, until, order]).encode()).hexdigest()[:16]
         start_key = None
         if params.get("cursor"):
             position = domain.decode_cursor(params["cursor"], fingerprint, self._cursor_secret)
@@ -179,8 +192,7 @@ class BucketService:
             start_key = position
         page = self._events.query(EventQuery(filters, since, until, limit, order == "desc", start_key))
         events = [domain.public_event(item) for item in page.items]
-        next_cursor = (domain.encode_cursor(page.next_key, fingerprint, self._cursor_secret)
-                       if page.next_key else None)
+        next_cursor = domain.encode_cursor(page.next_key, fingerprint, self._cursor_secret) if page.next_key else None
         return {"events": events, "count": len(events), "showing": len(events), "next_cursor": next_cursor}
 
     def get_event(self, event_id: str) -> dict[str, Any]:
@@ -201,15 +213,13 @@ class BucketService:
                 "agents_tracked": totals["agents_tracked"],
                 "last_event_at": totals["last_event_at"],
             },
-            "integration_status": {"storage": "dynamodb", "stats_source": "events stream",
-                                   "status": "connected"},
+            "integration_status": {"storage": "dynamodb", "stats_source": "events stream", "status": "connected"},
         }
 
     def read_context(self, params: dict[str, str]) -> dict[str, Any]:
         agent_id = params.get("agent_id") or params.get("user_id")
         if not agent_id or len(agent_id) > 256:
-            raise BadRequest("'agent_id' (1..256 characters) is required", code="invalid_parameter",
-                             field="agent_id")
+            raise BadRequest("'agent_id' (1..256 characters) is required", code="invalid_parameter", field="agent_id")
         limit = _int_param(params, "limit", default=20, low=1, high=100)
         page = self._events.query(EventQuery({"agent_key": agent_id}, None, None, limit, True, None))
         recent = [domain.public_event(item) for item in page.items]
@@ -233,25 +243,41 @@ class BucketService:
             self._events.ping()
             totals = self._stats.totals()
         except StorageUnavailable as exc:
-            return 503, {"status": "unhealthy", "bucket_version": VERSION,
-                         "storage": {"status": "unreachable", "error": str(exc)[:200]},
-                         "core_integration": {"status": "disconnected", "events_received": 0,
-                                              "agents_tracked": 0}}
-        return 200, {"status": "healthy", "bucket_version": VERSION,
-                     "storage": {"status": "ok", "backend": "dynamodb"},
-                     "auth": "disabled" if self._auth.auth_disabled else "bearer",
-                     "core_integration": {"status": "active", "events_received": totals["total_events"],
-                                          "agents_tracked": totals["agents_tracked"]}}
+            return 503, {
+                "status": "unhealthy",
+                "bucket_version": VERSION,
+                "storage": {"status": "unreachable", "error": str(exc)[:200]},
+                "core_integration": {"status": "disconnected", "events_received": 0, "agents_tracked": 0},
+            }
+        return 200, {
+            "status": "healthy",
+            "bucket_version": VERSION,
+            "storage": {"status": "ok", "backend": "dynamodb"},
+            "auth": "disabled" if self._auth.auth_disabled else "bearer",
+            "core_integration": {
+                "status": "active",
+                "events_received": totals["total_events"],
+                "agents_tracked": totals["agents_tracked"],
+            },
+        }
 
 
 def _conflict(event_id: str) -> Conflict:
-    return Conflict(f"Event '{event_id}' already exists with different content", code="event_id_conflict",
-                    field="event_id", event_id=event_id)
+    return Conflict(
+        f"Event '{event_id}' already exists with different content",
+        code="event_id_conflict",
+        field="event_id",
+        event_id=event_id,
+    )
 
 
 def _item_error(index: int, event_id: Any, exc: ApiError) -> dict[str, Any]:
-    return {"index": index, "status": "error", "event_id": event_id if isinstance(event_id, str) else None,
-            "error": exc.to_body()["error"] | {"status": exc.status}}
+    return {
+        "index": index,
+        "status": "error",
+        "event_id": event_id if isinstance(event_id, str) else None,
+        "error": exc.to_body()["error"] | {"status": exc.status},
+    }
 
 
 def _int_param(params: dict[str, str], name: str, *, default: int, low: int, high: int) -> int:
@@ -263,6 +289,7 @@ def _int_param(params: dict[str, str], name: str, *, default: int, low: int, hig
     except ValueError:
         raise BadRequest(f"'{name}' must be an integer {low}..{high}", code="invalid_parameter", field=name) from None
     if not low <= value <= high:
-        raise BadRequest(f"'{name}' must be between {low} and {high}, got {value}", code="invalid_parameter",
-                         field=name)
+        raise BadRequest(
+            f"'{name}' must be between {low} and {high}, got {value}", code="invalid_parameter", field=name
+        )
     return value

@@ -19,6 +19,7 @@ def install() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    from moto.dynamodb.comparisons import get_filter_expression as get_condition
     from moto.dynamodb.exceptions import (
         MultipleTransactionsException,
         TooManyTransactionsException,
@@ -26,7 +27,6 @@ def install() -> None:
         TransactWriteSingleOpException,
     )
     from moto.dynamodb.models import DynamoDBBackend
-    from moto.dynamodb.comparisons import get_filter_expression as get_condition
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
         if len(transact_items) > 100:
@@ -69,14 +69,24 @@ def install() -> None:
                 names = op.get("ExpressionAttributeNames")
                 values = op.get("ExpressionAttributeValues")
                 if op_type == "Put":
-                    self.put_item(op["TableName"], op["Item"], expression_attribute_names=names,
-                                  expression_attribute_values=values)
+                    self.put_item(
+                        op["TableName"],
+                        op["Item"],
+                        expression_attribute_names=names,
+                        expression_attribute_values=values,
+                    )
                 elif op_type == "Delete":
-                    self.delete_item(op["TableName"], key, expression_attribute_names=names,
-                                     expression_attribute_values=values)
+                    self.delete_item(
+                        op["TableName"], key, expression_attribute_names=names, expression_attribute_values=values
+                    )
                 elif op_type == "Update":
-                    self.update_item(op["TableName"], key, update_expression=op["UpdateExpression"],
-                                     expression_attribute_names=names, expression_attribute_values=values)
+                    self.update_item(
+                        op["TableName"],
+                        key,
+                        update_expression=op["UpdateExpression"],
+                        expression_attribute_names=names,
+                        expression_attribute_values=values,
+                    )
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     _PATCHED = True

@@ -21,7 +21,7 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
     # stalls ~43 ms waiting for the peer's delayed ACK (ARCHITECTURE.md 5).
     disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the apps log structured JSON themselves
 
 
@@ -53,8 +53,7 @@ class AppServer:
 
     def __init__(self, app: Any, port: int, host: str = "127.0.0.1", name: str = "app") -> None:
         self.name = name
-        self._server = LocalDevServer(app, Config(chalice_stage="local"), host, port,
-                                      handler_cls=NoDelayRequestHandler)
+        self._server = LocalDevServer(app, Config(chalice_stage="local"), host, port, handler_cls=NoDelayRequestHandler)
         self._server.server.daemon_threads = True
         self.port = self._server.server.server_address[1]
         self.url = f"http://{host}:{self.port}"

@@ -54,7 +54,7 @@ def _aws_env() -> dict[str, str]:
     return {
         "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         "AWS_ACCESS_KEY_ID": "bhiv-local",
-        "AWS_SECRET_ACCESS_KEY": "bhiv-local",  # noqa: S105 - moto accepts anything
+        "AWS_SECRET_ACCESS_KEY": "bhiv-local",
         "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
     }
 
@@ -99,8 +99,9 @@ class LocalStack:
             from moto.server import ThreadedMotoServer
 
             logging.getLogger("werkzeug").setLevel(logging.ERROR)
-            self._moto_server = ThreadedMotoServer(ip_address=self.config.host, port=self.config.moto_port,
-                                                   verbose=False)
+            self._moto_server = ThreadedMotoServer(
+                ip_address=self.config.host, port=self.config.moto_port, verbose=False
+            )
             self._moto_server.start()
             self.urls["aws"] = f"http://{self.config.host}:{self.config.moto_port}"
 
@@ -148,8 +149,12 @@ class LocalStack:
             self._pollers.append(poller)
 
     def _write_stack_file(self) -> None:
-        info = {"pid": os.getpid(), "urls": self.urls, "auth": self.config.auth,
-                "credentials": str(self.credentials_path)}
+        info = {
+            "pid": os.getpid(),
+            "urls": self.urls,
+            "auth": self.config.auth,
+            "credentials": str(self.credentials_path),
+        }
         (self.state_dir / "stack.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     def stop(self) -> None:

@@ -39,7 +39,7 @@ def template_path() -> Path:
 @lru_cache(maxsize=4)
 def load_template(path: str | None = None) -> dict[str, Any]:
     text = Path(path or template_path()).read_text(encoding="utf-8")
-    doc: dict[str, Any] = yaml.load(text, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    doc: dict[str, Any] = yaml.load(text, Loader=_CfnLoader)
     return doc
 
 
@@ -115,20 +115,22 @@ def stream_mappings(template: dict[str, Any] | None = None) -> list[StreamMappin
                 continue
             ev = event["Properties"]
             on_failure = ((ev.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
-            mappings.append(StreamMapping(
-                function=name,
-                handler=props["Handler"],
-                code_uri=props["CodeUri"],
-                table=_ref_name(ev["Stream"]) or "",
-                batch_size=int(ev.get("BatchSize", 100)),
-                batching_window_s=float(ev.get("MaximumBatchingWindowInSeconds", 0)),
-                bisect_on_error=bool(ev.get("BisectBatchOnFunctionError", False)),
-                max_retries=int(ev.get("MaximumRetryAttempts", -1)),
-                max_record_age_s=int(ev.get("MaximumRecordAgeInSeconds", -1)),
-                report_item_failures="ReportBatchItemFailures" in (ev.get("FunctionResponseTypes") or []),
-                on_failure_queue=_ref_name(on_failure),
-                starting_position=str(ev.get("StartingPosition", "TRIM_HORIZON")),
-            ))
+            mappings.append(
+                StreamMapping(
+                    function=name,
+                    handler=props["Handler"],
+                    code_uri=props["CodeUri"],
+                    table=_ref_name(ev["Stream"]) or "",
+                    batch_size=int(ev.get("BatchSize", 100)),
+                    batching_window_s=float(ev.get("MaximumBatchingWindowInSeconds", 0)),
+                    bisect_on_error=bool(ev.get("BisectBatchOnFunctionError", False)),
+                    max_retries=int(ev.get("MaximumRetryAttempts", -1)),
+                    max_record_age_s=int(ev.get("MaximumRecordAgeInSeconds", -1)),
+                    report_item_failures="ReportBatchItemFailures" in (ev.get("FunctionResponseTypes") or []),
+                    on_failure_queue=_ref_name(on_failure),
+                    starting_position=str(ev.get("StartingPosition", "TRIM_HORIZON")),
+                )
+            )
     return mappings
 
 

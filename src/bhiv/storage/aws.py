@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import boto3
@@ -21,7 +21,7 @@ def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-@lru_cache(maxsize=None)
+@cache
 def client(service: str) -> Any:
     endpoint = os.environ.get("BHIV_AWS_ENDPOINT_URL") or None
     return boto3.client(service, region_name=region(), endpoint_url=endpoint, config=_CONFIG)

@@ -17,8 +17,13 @@ INDEX_FOR_FILTER = {
     "requester_id": "by_requester",
     "event_type": "by_type",
 }
-INDEX_KEY = {"by_trace": "trace_id", "by_agent": "agent_key", "by_requester": "requester_id",
-             "by_type": "event_type", "by_time": "feed"}
+INDEX_KEY = {
+    "by_trace": "trace_id",
+    "by_agent": "agent_key",
+    "by_requester": "requester_id",
+    "by_type": "event_type",
+    "by_time": "feed",
+}
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,17 @@ def from_item(item: dict[str, Any]) -> dict[str, Any]:
     return {k: next(iter(v.values())) for k, v in item.items()}
 
 
-UNAVAILABLE_CODES = frozenset({
-    "ResourceNotFoundException", "ProvisionedThroughputExceededException", "ThrottlingException",
-    "RequestLimitExceeded", "InternalServerError", "ServiceUnavailable", "UnrecognizedClientException",
-})
+UNAVAILABLE_CODES = frozenset(
+    {
+        "ResourceNotFoundException",
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "UnrecognizedClientException",
+    }
+)
 
 
 def storage_errors(func: Any) -> Any:
@@ -107,7 +119,7 @@ class EventStore:
             old = exc.response.get("Item")
             if old:
                 return from_item(old)
-            existing = self.get(event.event_id)
+            existing: dict[str, Any] | None = self.get(event.event_id)
             if existing is None:  # vanished between check and read: cannot happen append-only
                 raise StorageUnavailable("event disappeared during conditional write") from exc
             return existing
@@ -129,11 +141,18 @@ class EventStore:
             if not pending:
                 return result
             try:
-                self._client.transact_write_items(TransactItems=[
-                    {"Put": {"TableName": self._table, "Item": to_item(events[i]),
-                             "ConditionExpression": "attribute_not_exists(event_id)"}}
-                    for i in pending
-                ])
+                self._client.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self._table,
+                                "Item": to_item(events[i]),
+                                "ConditionExpression": "attribute_not_exists(event_id)",
+                            }
+                        }
+                        for i in pending
+                    ]
+                )
                 return result
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":

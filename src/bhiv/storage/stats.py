@@ -24,14 +24,21 @@ class StatsStore:
     def _key(self, pk: str, sk: str) -> dict[str, dict[str, str]]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
 
-    def _add(self, pk: str, sk: str, extra_set: str = "", extra_values: dict[str, Any] | None = None,
-             extra_add: str = "") -> dict[str, Any]:
+    def _add(
+        self, pk: str, sk: str, extra_set: str = "", extra_values: dict[str, Any] | None = None, extra_add: str = ""
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {":one": {"N": "1"}}
         values.update(extra_values or {})
         expression = "ADD event_count :one" + (f", {extra_add}" if extra_add else "")
         expression += f" SET {extra_set}" if extra_set else ""
-        return {"Update": {"TableName": self._table, "Key": self._key(pk, sk),
-                           "UpdateExpression": expression, "ExpressionAttributeValues": values}}
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": self._key(pk, sk),
+                "UpdateExpression": expression,
+                "ExpressionAttributeValues": values,
+            }
+        }
 
     @storage_errors
     def apply(self, event: dict[str, Any]) -> bool:
@@ -41,13 +48,23 @@ class StatsStore:
             agent_known = agent is not None and self._get("agent", agent) is not None
             when = {":ts": {"S": event["received_at"]}}
             items = [
-                {"Put": {"TableName": self._table,
-                         "Item": {**self._key("applied", event["event_id"]),
-                                  "expires_at": {"N": str(int(time.time()) + MARKER_TTL_SECONDS)}},
-                         "ConditionExpression": "attribute_not_exists(pk)"}},
-                self._add("totals", "all", "last_event_at = :ts", {
-                    **when, ":new_agent": {"N": "1" if agent and not agent_known else "0"}},
-                    extra_add="agents_tracked :new_agent"),
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {
+                            **self._key("applied", event["event_id"]),
+                            "expires_at": {"N": str(int(time.time()) + MARKER_TTL_SECONDS)},
+                        },
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                self._add(
+                    "totals",
+                    "all",
+                    "last_event_at = :ts",
+                    {**when, ":new_agent": {"N": "1" if agent and not agent_known else "0"}},
+                    extra_add="agents_tracked :new_agent",
+                ),
                 self._add("event_type", event["event_type"], "last_event_at = :ts", when),
                 self._add("requester", event["requester_id"], "last_event_at = :ts", when),
             ]
@@ -56,10 +73,20 @@ class StatsStore:
                     items.append(self._add("agent", agent, "last_event_at = :ts", when))
                     items[-1]["Update"]["ConditionExpression"] = "attribute_exists(pk)"
                 else:
-                    items.append({"Put": {"TableName": self._table,
-                                          "Item": {**self._key("agent", agent), "event_count": {"N": "1"},
-                                                   "first_event_at": when[":ts"], "last_event_at": when[":ts"]},
-                                          "ConditionExpression": "attribute_not_exists(pk)"}})
+                    items.append(
+                        {
+                            "Put": {
+                                "TableName": self._table,
+                                "Item": {
+                                    **self._key("agent", agent),
+                                    "event_count": {"N": "1"},
+                                    "first_event_at": when[":ts"],
+                                    "last_event_at": when[":ts"],
+                                },
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        }
+                    )
             try:
                 self._client.transact_write_items(TransactItems=items)
                 return True
