@@ -1,0 +1,222 @@
+"""Karma's state in DynamoDB, changed only by conditional, versioned transactions.
+
+A group of stream records is committed in one transaction: a marker per event (condition: absent),
+the history entries, each touched user's state and the Q-table (condition: the version we read),
+and the counters. A re-delivered record finds its marker and changes nothing; two consumers racing
+on the same user or the Q-table cannot both win, the loser re-reads and tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from bhiv.karma.engine import QTable, UserState
+from bhiv.storage.events import storage_errors
+
+MARKER_TTL_SECONDS = 2 * 24 * 3600
+MAX_TRANSACTION_ITEMS = 100
+
+
+class VersionConflict(Exception):
+    """Another writer changed a user or the Q-table since we read it."""
+
+
+class AlreadyApplied(Exception):
+    """An event of the group has a marker already."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying one event produced, ready to be written."""
+
+    event_id: str
+    status: str  # "applied" | "ignored"
+    user_id: str | None = None
+    history: dict[str, Any] | None = None
+
+
+def _n(value: float | int) -> dict[str, str]:
+    return {"N": repr(float(value)) if isinstance(value, float) else str(value)}
+
+
+def user_to_item(user: UserState) -> dict[str, Any]:
+    return {
+        "pk": {"S": f"user#{user.user_id}"},
+        "sk": {"S": "state"},
+        "user_id": {"S": user.user_id},
+        "role": {"S": user.role},
+        "state": {"S": json.dumps({"balances": user.balances, "action_stats": user.action_stats,
+                                   "cheat_times": list(user.cheat_times)})},
+        "events_applied": _n(user.events_applied),
+        "last_updated": {"S": user.last_updated or ""},
+        "version": _n(user.version),
+    }
+
+
+def user_from_item(item: dict[str, Any]) -> UserState:
+    state = json.loads(item["state"]["S"])
+    return UserState(
+        user_id=item["user_id"]["S"], role=item["role"]["S"], balances=state["balances"],
+        action_stats=state["action_stats"], cheat_times=tuple(state["cheat_times"]),
+        events_applied=int(item["events_applied"]["N"]), last_updated=item["last_updated"]["S"] or None,
+        version=int(item["version"]["N"]),
+    )
+
+
+class KarmaStore:
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    # --- reads ----------------------------------------------------------------------------
+
+    @storage_errors
+    def user(self, user_id: str) -> UserState | None:
+        item = self._get(f"user#{user_id}", "state")
+        return user_from_item(item) if item else None
+
+    @storage_errors
+    def users(self, user_ids: list[str]) -> dict[str, UserState]:
+        found: dict[str, UserState] = {}
+        keys = [{"pk": {"S": f"user#{u}"}, "sk": {"S": "state"}} for u in dict.fromkeys(user_ids)]
+        while keys:
+            chunk, keys = keys[:100], keys[100:]
+            request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True}}
+            while request:
+                resp = self._client.batch_get_item(RequestItems=request)
+                for item in resp.get("Responses", {}).get(self._table, []):
+                    user = user_from_item(item)
+                    found[user.user_id] = user
+                request = resp.get("UnprocessedKeys") or {}
+        return found
+
+    @storage_errors
+    def qtable(self, policy_version: str) -> QTable | None:
+        item = self._get("qtable", policy_version)
+        if not item:
+            return None
+        return QTable(json.loads(item["values"]["S"]), int(item["updates"]["N"]), int(item["version"]["N"]))
+
+    @storage_errors
+    def applied_markers(self, event_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        keys = [{"pk": {"S": "applied"}, "sk": {"S": e}} for e in dict.fromkeys(event_ids)]
+        while keys:
+            chunk, keys = keys[:100], keys[100:]
+            request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True,
+                                                     "ProjectionExpression": "sk"}}
+            while request:
+                resp = self._client.batch_get_item(RequestItems=request)
+                found.update(i["sk"]["S"] for i in resp.get("Responses", {}).get(self._table, []))
+                request = resp.get("UnprocessedKeys") or {}
+        return found
+
+    @storage_errors
+    def counters(self) -> dict[str, int]:
+        item = self._get("stats", "counters") or {}
+        return {k: int(v["N"]) for k, v in item.items() if "N" in v}
+
+    @storage_errors
+    def history(self, user_id: str, limit: int, start_after: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        params: dict[str, Any] = {
+            "TableName": self._table, "KeyConditionExpression": "pk = :pk AND begins_with(sk, :h)",
+            "ExpressionAttributeValues": {":pk": {"S": f"user#{user_id}"}, ":h": {"S": "h#"}},
+            "ScanIndexForward": False, "Limit": limit,
+        }
+        if start_after:
+            params["ExclusiveStartKey"] = {"pk": {"S": f"user#{user_id}"}, "sk": {"S": start_after}}
+        resp = self._client.query(**params)
+        entries = [json.loads(i["entry"]["S"]) for i in resp.get("Items", [])]
+        last = resp.get("LastEvaluatedKey")
+        return entries, (last["sk"]["S"] if last else None)
+
+    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
+        resp = self._client.get_item(TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}},
+                                     ConsistentRead=True)
+        item: dict[str, Any] | None = resp.get("Item")
+        return item
+
+    @storage_errors
+    def ping(self) -> None:
+        self._client.describe_table(TableName=self._table)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    @storage_errors
+    def commit(
+        self,
+        outcomes: list[Outcome],
+        users: dict[str, tuple[UserState, int | None]],
+        qtable: tuple[QTable, int | None] | None,
+        policy_version: str,
+        role_changes: dict[str, int],
+    ) -> None:
+        """Write a group atomically. users/qtable: (new state, version read or None when new)."""
+        expires = {"N": str(int(time.time()) + MARKER_TTL_SECONDS)}
+        items: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            items.append({"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)",
+                                  "Item": {"pk": {"S": "applied"}, "sk": {"S": outcome.event_id},
+                                           "status": {"S": outcome.status}, "expires_at": expires}}})
+            if outcome.history is not None and outcome.user_id is not None:
+                sort_key = f"h#{outcome.history['applied_at']}#{outcome.event_id}"
+                items.append({"Put": {"TableName": self._table, "Item": {
+                    "pk": {"S": f"user#{outcome.user_id}"}, "sk": {"S": sort_key},
+                    "entry": {"S": json.dumps(outcome.history)}}}})
+        for user, read_version in users.values():
+            items.append({"Put": {"TableName": self._table, "Item": user_to_item(user), **_version_condition(
+                read_version)}})
+        if qtable is not None:
+            table, read_version = qtable
+            items.append({"Put": {"TableName": self._table, **_version_condition(read_version), "Item": {
+                "pk": {"S": "qtable"}, "sk": {"S": policy_version}, "values": {"S": json.dumps(table.values)},
+                "updates": _n(table.updates), "version": _n(table.version)}}})
+        adds = {"applied": sum(o.status == "applied" for o in outcomes),
+                "ignored": sum(o.status == "ignored" for o in outcomes), **role_changes}
+        adds = {k: v for k, v in adds.items() if v}
+        if adds:
+            names = {f"#c{i}": k for i, k in enumerate(adds)}
+            values = {f":c{i}": _n(v) for i, v in enumerate(adds.values())}
+            items.append({"Update": {"TableName": self._table, "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
+                                     "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(adds))),
+                                     "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}})
+        if len(items) > MAX_TRANSACTION_ITEMS:
+            raise ValueError(f"transaction of {len(items)} items; split the group")
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons", [])
+            for item, reason in zip(items, reasons, strict=False):
+                if reason.get("Code") == "ConditionalCheckFailed" and item.get("Put", {}).get(
+                        "Item", {}).get("pk", {}).get("S") == "applied":
+                    raise AlreadyApplied() from exc
+            raise VersionConflict() from exc
+
+    @storage_errors
+    def record_failure(self, event_id: str, reason: str) -> bool:
+        """Count a distinct event that could not be applied (retries of it count once)."""
+        try:
+            self._client.transact_write_items(TransactItems=[
+                {"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)",
+                         "Item": {"pk": {"S": "failed"}, "sk": {"S": event_id}, "reason": {"S": reason[:500]}}}},
+                {"Update": {"TableName": self._table, "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
+                            "UpdateExpression": "ADD failed :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+            ])
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                return False
+            raise
+
+
+def _version_condition(read_version: int | None) -> dict[str, Any]:
+    if read_version is None:
+        return {"ConditionExpression": "attribute_not_exists(pk)"}
+    return {"ConditionExpression": "version = :v", "ExpressionAttributeValues": {":v": _n(read_version)}}
