@@ -50,7 +50,7 @@ def system_stats() -> Response:
     return json_response(200, runtime.service().system_stats())
 
 
-@app.route("/v1/event/", methods=["POST"], content_types=ALL_CONTENT_TYPES)
+@app.route("/v1/event", methods=["POST"], content_types=ALL_CONTENT_TYPES)
 @view
 def direct_event() -> Response:
     runtime.auth().authenticate(header(app, "authorization"), "karma:write")

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local stack in the foreground (Ctrl-C stops it)")
     _state_dir_arg(up)
     up.add_argument("--bucket-port", type=int, default=8001)
+    up.add_argument("--karma-port", type=int, default=8000)
     up.add_argument(
         "--moto-port",
         type=int,
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = dlq_sub.add_parser(name, help=text)
         _state_dir_arg(cmd)
 
+    karma = sub.add_parser("karma", help="Karma's state")
+    karma_sub = karma.add_subparsers(dest="karma_command", required=True)
+    show = karma_sub.add_parser("show", help="a user's karma and the Q-table as a grid")
+    _state_dir_arg(show)
+    show.add_argument("user_id")
+    rebuild = karma_sub.add_parser("rebuild", help="recompute users and the Q-table from the Bucket's event log")
+    _state_dir_arg(rebuild)
+    rebuild.add_argument("--write", action="store_true",
+                         help="replace the live state with the rebuilt one (stop writers first); default: compare")
+
     token = sub.add_parser("token", help="print a requester's local token")
     _state_dir_arg(token)
     token.add_argument("requester_id", nargs="?", default="bhiv_core")
@@ -63,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_dlq(args)
     if args.command == "token":
         return cmd_token(args)
+    if args.command == "karma":
+        from bhiv.karma.cli import cmd_karma
+
+        return cmd_karma(args)
     return 2
 
 
@@ -73,7 +88,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from bhiv.local.stack import LocalStack, StackConfig
 
     config = StackConfig(
-        state_dir=args.state_dir, bucket_port=args.bucket_port, moto_port=args.moto_port, auth=not args.no_auth
+        state_dir=args.state_dir,
+        bucket_port=args.bucket_port,
+        karma_port=args.karma_port,
+        moto_port=args.moto_port,
+        auth=not args.no_auth,
     )
     stack = LocalStack(config)
     try:
@@ -106,7 +125,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     code = 0
     try:
         if args.demo:
-            code = run_demo(stack.urls["bucket"], stack.credentials_path)
+            code = run_demo(stack.urls, stack.credentials_path)
         while not stop.wait(0.5):
             pass
     finally:
@@ -129,43 +148,47 @@ def _request(method: str, url: str, token: str | None, body: Any = None) -> tupl
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def run_demo(bucket_url: str, credentials_path: Path) -> int:
-    """Write one event as the workflow executor, read it back, and watch the stream count it."""
+def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
+    """Write a workflow event as the executor, read it back, and watch the stream reach Karma."""
+    bucket, karma = urls["bucket"], urls["karma"]
     tokens = json.loads(credentials_path.read_text(encoding="utf-8"))
     trace_id = f"demo_{int(time.time() * 1000)}"
-    print(f"\n[demo] POST {bucket_url}/core/write-event  (trace_id={trace_id})")
-    status, body = _request(
-        "POST",
-        f"{bucket_url}/core/write-event",
-        tokens["workflow_executor"],
-        {
-            "requester_id": "workflow_executor",
-            "event_data": {"event_type": "demo", "trace_id": trace_id, "user_id": "demo_user", "message": "hello"},
-        },
-    )
-    print(f"[demo]   -> {status} {json.dumps(body)}")
+    user_id = f"demo_user_{trace_id[-6:]}"
+    event = {"event_type": "workflow_execution", "trace_id": trace_id, "user_id": user_id, "action_type": "task",
+             "status": "success", "execution_result": {"task": "created"}, "duration_ms": 12}
+    print(f"\n[demo] 1. POST {bucket}/core/write-event  (trace_id={trace_id})")
+    status, body = _request("POST", f"{bucket}/core/write-event", tokens["workflow_executor"],
+                            {"requester_id": "workflow_executor", "event_data": event})
+    print(f"[demo]    -> {status} {json.dumps(body)}")
     if status != 201:
-        print("[demo] FAILED: the Bucket did not store the event", file=sys.stderr)
+        print("[demo] FAILED at the Bucket: the event was not stored", file=sys.stderr)
         return 1
-    status, page = _request("GET", f"{bucket_url}/core/events?trace_id={trace_id}", tokens["bhiv_core"])
-    print(f"[demo] GET /core/events?trace_id={trace_id}  -> {status}")
+    status, page = _request("GET", f"{bucket}/core/events?trace_id={trace_id}", tokens["bhiv_reader"])
+    print(f"[demo] 2. GET /core/events?trace_id={trace_id} -> {status}, {page.get('count')} event(s):")
     print(json.dumps(page.get("events", [None])[0], indent=2))
     if status != 200 or page.get("count") != 1:
         print("[demo] FAILED: the event could not be read back", file=sys.stderr)
         return 1
-    deadline = time.monotonic() + 5
-    events_received = 0
-    while time.monotonic() < deadline:
-        _, stats = _request("GET", f"{bucket_url}/core/stats", tokens["bhiv_core"])
-        events_received = stats["stats"]["events_received"]
-        if events_received >= 1:
-            break
+    started = time.monotonic()
+    deadline = started + 5
+    status, user = _request("GET", f"{karma}/api/v1/karma/{user_id}", tokens["bhiv_reader"])
+    while status != 200 and time.monotonic() < deadline:
         time.sleep(0.05)
-    print(f"[demo] GET /core/stats -> events_received={events_received} (counted from the table's stream)")
-    if events_received < 1:
-        print("[demo] FAILED: the stream consumer did not count the event", file=sys.stderr)
+        status, user = _request("GET", f"{karma}/api/v1/karma/{user_id}", tokens["bhiv_reader"])
+    if status != 200:
+        print(f"[demo] FAILED at the stream: Karma has no state for {user_id} after 5 s", file=sys.stderr)
         return 1
-    print("[demo] OK: event written, read back by trace id, and counted from the stream.\n", flush=True)
+    waited = (time.monotonic() - started) * 1000
+    print(f"[demo] 3. GET {karma}/api/v1/karma/{user_id} -> 200 after {waited:.0f} ms (delivered by the stream):")
+    print(f"[demo]    role {user['role']}, balances {user['balances']}, "
+          f"workflow_success x{user['action_stats'].get('workflow_success', 0)}")
+    received = 0
+    while time.monotonic() < deadline and received < 1:
+        _, stats = _request("GET", f"{bucket}/core/stats", tokens["bhiv_core"])
+        received = stats["stats"]["events_received"]
+        time.sleep(0.05)
+    print(f"[demo] 4. GET /core/stats -> events_received={received} (aggregated from the stream)")
+    print("[demo] OK: stored once, read back by trace id, applied by Karma from the stream.\n", flush=True)
     return 0
 
 

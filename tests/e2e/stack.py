@@ -31,6 +31,7 @@ class RunningStack:
     state_dir: Path
     bucket_url: str
     log_path: Path
+    karma_url: str
 
     @property
     def tokens(self) -> dict[str, str]:
@@ -55,7 +56,7 @@ class RunningStack:
 
 
 def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningStack:
-    bucket_port, moto_port = free_port(), free_port()
+    bucket_port, karma_port, moto_port = free_port(), free_port(), free_port()
     log_path = state_dir.parent / f"{state_dir.name}-stack.log"
     log = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
@@ -67,6 +68,8 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningSta
             str(state_dir),
             "--bucket-port",
             str(bucket_port),
+            "--karma-port",
+            str(karma_port),
             "--moto-port",
             str(moto_port),
             *extra,
@@ -76,13 +79,16 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningSta
         text=True,
         cwd=ROOT,
     )
-    stack = RunningStack(process, state_dir, f"http://127.0.0.1:{bucket_port}", log_path)
+    stack = RunningStack(
+        process, state_dir, f"http://127.0.0.1:{bucket_port}", log_path, f"http://127.0.0.1:{karma_port}"
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"bhiv up exited early:\n{stack.output()}")
         try:
-            if requests.get(f"{stack.bucket_url}/health", timeout=1).status_code == 200:
+            healthy = requests.get(f"{stack.bucket_url}/health", timeout=1).status_code == 200
+            if healthy and "Press Ctrl-C" in stack.output():
                 return stack
         except requests.ConnectionError:
             pass

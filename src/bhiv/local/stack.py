@@ -16,13 +16,14 @@ from bhiv.auth import load_requesters, new_token
 log = logging.getLogger("bhiv.local")
 
 # Function logical id in template.yaml -> (port attribute of StackConfig, service name)
-HTTP_FUNCTIONS = {"BucketFunction": ("bucket_port", "bucket")}
+HTTP_FUNCTIONS = {"BucketFunction": ("bucket_port", "bucket"), "KarmaFunction": ("karma_port", "karma")}
 
 
 @dataclass
 class StackConfig:
     state_dir: Path = Path(".bhiv")
     bucket_port: int = 8001
+    karma_port: int = 8000
     moto_port: int = 8005
     auth: bool = True
     host: str = "127.0.0.1"
