@@ -10,7 +10,8 @@ from bhiv.karma.engine import QTable, UserState, apply_action
 from bhiv.karma.policy import Policy, PolicyError
 from bhiv.storage.karma import AlreadyApplied, Outcome, VersionConflict
 
-GROUP_SIZE = 30  # events per transaction: 2 items each + users + Q-table + counters <= 100
+GROUP_SIZE = 90  # events per transaction: one item each + touched users + Q-table + counters <= 100
+ITEM_BUDGET = 100 - 2
 MAX_ATTEMPTS = 6
 
 
@@ -37,7 +38,7 @@ class StoredEvent:
 class Store(Protocol):
     def users(self, user_ids: list[str]) -> dict[str, UserState]: ...
     def qtable(self, policy_version: str) -> QTable | None: ...
-    def applied_markers(self, event_ids: list[str]) -> set[str]: ...
+    def existing_markers(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
     def commit(self, outcomes: list[Outcome], users: dict[str, tuple[UserState, int | None]],
                qtable: tuple[QTable, int | None] | None, policy_version: str, role_changes: dict[str, int]) -> None: ...
     def record_failure(self, event_id: str, reason: str) -> bool: ...
@@ -56,10 +57,16 @@ class EventRejected(Exception):
 
 
 class KarmaConsumer:
-    def __init__(self, store: Store, policy: Policy, log: Log) -> None:
+    """Applies events to stored state. Users and the Q-table are cached between batches: every
+    write is conditional on the version cached, so a stale cache costs a retry, never an update."""
+
+    def __init__(self, store: Store, policy: Policy, log: Log, cache_size: int = 10_000) -> None:
         self._store = store
         self._policy = policy
         self._log = log
+        self._cache_size = cache_size
+        self._users: dict[str, UserState] = {}
+        self._qtable: QTable | None = None
 
     def apply(self, events: list[StoredEvent]) -> int:
         """Apply events in order; returns how many were handled (applied, ignored or seen before).
@@ -70,42 +77,63 @@ class KarmaConsumer:
         """
         done = 0
         while done < len(events):
-            group = events[done: done + GROUP_SIZE]
-            handled = self._apply_group_with_retries(group, done)
-            done += handled
+            done += self._apply_group_with_retries(events[done:], done)
         return done
 
-    def _apply_group_with_retries(self, group: list[StoredEvent], offset: int) -> int:
+    def _apply_group_with_retries(self, remaining: list[StoredEvent], offset: int) -> int:
+        check_markers = False
+        size = GROUP_SIZE
         for attempt in range(MAX_ATTEMPTS):
             try:
-                return self._apply_group(group, offset)
-            except (VersionConflict, AlreadyApplied):
-                if attempt >= 2 and len(group) > 1:
-                    group = group[:1]  # contention: go one event at a time
-        raise VersionConflict(f"could not commit event {group[0].event_id} after {MAX_ATTEMPTS} attempts")
+                return self._apply_group(remaining[:size], offset, check_markers)
+            except AlreadyApplied:
+                check_markers = True  # a re-delivery: look up which ones, then skip them
+            except VersionConflict:
+                self._forget()  # another consumer moved on: re-read what we cached
+                if attempt >= 2:
+                    size = 1  # contention: go one event at a time
+        raise VersionConflict(f"could not commit event {remaining[0].event_id} after {MAX_ATTEMPTS} attempts")
 
-    def _apply_group(self, group: list[StoredEvent], offset: int) -> int:
-        seen = self._store.applied_markers([e.event_id for e in group])
+    def _forget(self) -> None:
+        self._users.clear()
+        self._qtable = None
+
+    def _load(self, user_ids: list[str]) -> tuple[dict[str, UserState], QTable | None]:
+        missing = [u for u in dict.fromkeys(user_ids) if u not in self._users]
+        if missing:
+            if len(self._users) + len(missing) > self._cache_size:
+                self._users.clear()
+                missing = list(dict.fromkeys(user_ids))
+            self._users.update(self._store.users(missing))
+        if self._qtable is None:
+            self._qtable = self._store.qtable(self._policy.version)
+        return {u: self._users[u] for u in user_ids if u in self._users}, self._qtable
+
+    def _apply_group(self, group: list[StoredEvent], offset: int, check_markers: bool) -> int:
         mapped: list[tuple[StoredEvent, tuple[str, str] | None]] = []
         rejected: EventRejected | None = None
+        users_needed: list[str] = []
         for index, event in enumerate(group):
-            if event.event_id in seen:
-                mapped.append((event, None))
-                continue
             try:
-                mapped.append((event, self._policy.map_event(event.event_data)))
+                target = self._policy.map_event(event.event_data)
             except PolicyError as exc:
                 rejected = EventRejected(offset + index, str(exc))
                 break
-        user_ids = [m[1][0] for m in mapped if m[1] is not None and m[0].event_id not in seen]
-        read_users = self._store.users(user_ids) if user_ids else {}
-        stored_q = self._store.qtable(self._policy.version)
+            if target is not None:
+                new_user = target[0] not in users_needed
+                if len(mapped) + 1 + len(users_needed) + int(new_user) > ITEM_BUDGET:
+                    break  # keep the transaction under its item limit
+                if new_user:
+                    users_needed.append(target[0])
+            elif len(mapped) + 1 + len(users_needed) > ITEM_BUDGET:
+                break
+            mapped.append((event, target))
+        handled = len(mapped)
+        read_users, stored_q = self._load(users_needed)
         qtable = stored_q or QTable.new(self._policy)
         users: dict[str, UserState] = dict(read_users)
         outcomes: list[Outcome] = []
         for event, target in mapped:
-            if event.event_id in seen:
-                continue
             if target is None:
                 outcomes.append(Outcome(event.event_id, "ignored"))
                 continue
@@ -114,33 +142,55 @@ class KarmaConsumer:
             result = apply_action(self._policy, user, qtable, action, event.received_at)
             users[user_id], qtable = result.user, result.qtable
             outcomes.append(Outcome(event.event_id, "applied", user_id,
-                                    result.history_entry(event.event_id, event.event_type, event.received_at)))
+                                    result.history_entry(event.event_id, event.event_type, event.received_at),
+                                    event.received_at))
+        if check_markers and outcomes:
+            seen = self._store.existing_markers([o.marker_key for o in outcomes])
+            if seen:
+                # recompute without the events handled before, from fresh state
+                self._forget()
+                fresh = [e for (e, _), o in zip(mapped, outcomes, strict=True) if o.marker_key not in seen]
+                if len(fresh) < len(mapped):
+                    if fresh:
+                        self._apply_group(fresh, offset, check_markers=False)
+                    return self._finish(handled, rejected, group, offset)
         if outcomes:
-            touched = {o.user_id for o in outcomes if o.user_id}
-            writes = {}
-            role_changes: dict[str, int] = {}
-            for user_id in touched:
-                before = read_users.get(user_id)
-                after = users[user_id]
-                writes[user_id] = (replace(after, version=(before.version + 1) if before else 1),
-                                   before.version if before else None)
-                if before is None:
-                    role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
-                elif before.role != after.role:
-                    role_changes[f"users:{before.role}"] = role_changes.get(f"users:{before.role}", 0) - 1
-                    role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
-            q_write = None
-            if any(o.status == "applied" for o in outcomes):
-                q_write = (replace(qtable, version=(stored_q.version + 1) if stored_q else 1),
-                           stored_q.version if stored_q else None)
-            self._store.commit(outcomes, writes, q_write, self._policy.version, role_changes)
-            for outcome in outcomes:
-                if outcome.status == "applied" and outcome.history:
-                    self._log.info("Karma applied event", event_id=outcome.event_id, user_id=outcome.user_id,
-                                   action=outcome.history["action"], reward=outcome.history["reward"])
-        if rejected is not None:
+            self._commit(outcomes, read_users, users, stored_q, qtable)
+        return self._finish(handled, rejected, group, offset)
+
+    def _finish(self, handled: int, rejected: EventRejected | None, group: list[StoredEvent], offset: int) -> int:
+        if rejected is not None and rejected.index - offset == handled:
             failed = group[rejected.index - offset]
             self._store.record_failure(failed.event_id, rejected.reason)
             self._log.warning("Karma rejected event", event_id=failed.event_id, reason=rejected.reason)
             raise rejected
-        return len(group)
+        return handled
+
+    def _commit(self, outcomes: list[Outcome], read_users: dict[str, UserState], users: dict[str, UserState],
+                stored_q: QTable | None, qtable: QTable) -> None:
+        touched = {o.user_id for o in outcomes if o.user_id}
+        writes = {}
+        role_changes: dict[str, int] = {}
+        for user_id in touched:
+            before = read_users.get(user_id)
+            after = users[user_id]
+            writes[user_id] = (replace(after, version=(before.version + 1) if before else 1),
+                               before.version if before else None)
+            if before is None:
+                role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
+            elif before.role != after.role:
+                role_changes[f"users:{before.role}"] = role_changes.get(f"users:{before.role}", 0) - 1
+                role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
+        q_write = None
+        if any(o.status == "applied" for o in outcomes):
+            q_write = (replace(qtable, version=(stored_q.version + 1) if stored_q else 1),
+                       stored_q.version if stored_q else None)
+        self._store.commit(outcomes, writes, q_write, self._policy.version, role_changes)
+        for user_id, (state, _) in writes.items():
+            self._users[user_id] = state
+        if q_write is not None:
+            self._qtable = q_write[0]
+        for outcome in outcomes:
+            if outcome.status == "applied" and outcome.history:
+                self._log.info("Karma applied event", event_id=outcome.event_id, user_id=outcome.user_id,
+                               action=outcome.history["action"], reward=outcome.history["reward"])

@@ -38,6 +38,15 @@ class Outcome:
     status: str  # "applied" | "ignored"
     user_id: str | None = None
     history: dict[str, Any] | None = None
+    received_at: str = ""
+
+    @property
+    def marker_key(self) -> tuple[str, str]:
+        """The item whose existence says this event was handled: for an applied event its history
+        entry (keyed by user, time and id, all fixed by the event), else an `ignored` marker."""
+        if self.status == "applied" and self.user_id is not None:
+            return f"user#{self.user_id}", f"h#{self.received_at}#{self.event_id}"
+        return "ignored", self.event_id
 
 
 def _n(value: float | int) -> dict[str, str]:
@@ -103,16 +112,16 @@ class KarmaStore:
         return QTable(json.loads(item["values"]["S"]), int(item["updates"]["N"]), int(item["version"]["N"]))
 
     @storage_errors
-    def applied_markers(self, event_ids: list[str]) -> set[str]:
-        found: set[str] = set()
-        keys = [{"pk": {"S": "applied"}, "sk": {"S": e}} for e in dict.fromkeys(event_ids)]
-        while keys:
-            chunk, keys = keys[:100], keys[100:]
+    def existing_markers(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        unique = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in dict.fromkeys(keys)]
+        while unique:
+            chunk, unique = unique[:100], unique[100:]
             request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True,
-                                                     "ProjectionExpression": "sk"}}
+                                                     "ProjectionExpression": "pk, sk"}}
             while request:
                 resp = self._client.batch_get_item(RequestItems=request)
-                found.update(i["sk"]["S"] for i in resp.get("Responses", {}).get(self._table, []))
+                found.update((i["pk"]["S"], i["sk"]["S"]) for i in resp.get("Responses", {}).get(self._table, []))
                 request = resp.get("UnprocessedKeys") or {}
         return found
 
@@ -160,14 +169,14 @@ class KarmaStore:
         expires = {"N": str(int(time.time()) + MARKER_TTL_SECONDS)}
         items: list[dict[str, Any]] = []
         for outcome in outcomes:
+            pk, sk = outcome.marker_key
+            item: dict[str, Any] = {"pk": {"S": pk}, "sk": {"S": sk}}
+            if outcome.history is not None:
+                item["entry"] = {"S": json.dumps(outcome.history)}
+            else:
+                item["expires_at"] = expires
             items.append({"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)",
-                                  "Item": {"pk": {"S": "applied"}, "sk": {"S": outcome.event_id},
-                                           "status": {"S": outcome.status}, "expires_at": expires}}})
-            if outcome.history is not None and outcome.user_id is not None:
-                sort_key = f"h#{outcome.history['applied_at']}#{outcome.event_id}"
-                items.append({"Put": {"TableName": self._table, "Item": {
-                    "pk": {"S": f"user#{outcome.user_id}"}, "sk": {"S": sort_key},
-                    "entry": {"S": json.dumps(outcome.history)}}}})
+                                  "Item": item}})
         for user, read_version in users.values():
             items.append({"Put": {"TableName": self._table, "Item": user_to_item(user), **_version_condition(
                 read_version)}})
@@ -193,10 +202,9 @@ class KarmaStore:
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
             reasons = exc.response.get("CancellationReasons", [])
-            for item, reason in zip(items, reasons, strict=False):
-                if reason.get("Code") == "ConditionalCheckFailed" and item.get("Put", {}).get(
-                        "Item", {}).get("pk", {}).get("S") == "applied":
-                    raise AlreadyApplied() from exc
+            markers = len(outcomes)
+            if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons[:markers]):
+                raise AlreadyApplied() from exc
             raise VersionConflict() from exc
 
     @storage_errors
