@@ -1,4 +1,4 @@
-"""A faster TransactWriteItems for moto.
+"""Fixes to moto for a long-running local stack: a faster TransactWriteItems, bounded memory.
 
 moto 5.2 deep-copies a whole table for every item of a transaction so it can roll back; with a
 growing table each transaction gets slower (8 items/s at 1,000 items, measured). This version
@@ -89,4 +89,20 @@ def install() -> None:
                     )
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    _forget_used_shard_iterators()
     _PATCHED = True
+
+
+def _forget_used_shard_iterators() -> None:
+    """moto keeps every shard iterator forever (~1.6 KiB per get_records, ~5 GB a day for two idle
+    pollers). An iterator is single-use for our poller, so drop it once it has been read."""
+    from moto.dynamodbstreams.models import DynamoDBStreamsBackend
+
+    original = DynamoDBStreamsBackend.get_records
+
+    def get_records(self: Any, iterator_arn: str, limit: int) -> Any:
+        result = original(self, iterator_arn, limit)
+        self.shard_iterators.pop(iterator_arn, None)
+        return result
+
+    DynamoDBStreamsBackend.get_records = get_records  # type: ignore[method-assign]
