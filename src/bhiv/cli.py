@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     _state_dir_arg(up)
     up.add_argument("--bucket-port", type=int, default=8001)
     up.add_argument("--karma-port", type=int, default=8000)
+    up.add_argument("--executor-port", type=int, default=8003)
+    up.add_argument("--executor-bucket-url", default=None,
+                    help="send the Executor's events to this Bucket URL instead of the stack's own (testing)")
     up.add_argument(
         "--moto-port",
         type=int,
@@ -91,6 +94,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         bucket_port=args.bucket_port,
         karma_port=args.karma_port,
+        executor_port=args.executor_port,
+        executor_bucket_url=args.executor_bucket_url,
         moto_port=args.moto_port,
         auth=not args.no_auth,
     )

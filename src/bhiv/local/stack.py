@@ -16,7 +16,12 @@ from bhiv.auth import load_requesters, new_token
 log = logging.getLogger("bhiv.local")
 
 # Function logical id in template.yaml -> (port attribute of StackConfig, service name)
-HTTP_FUNCTIONS = {"BucketFunction": ("bucket_port", "bucket"), "KarmaFunction": ("karma_port", "karma")}
+HTTP_FUNCTIONS = {
+    "BucketFunction": ("bucket_port", "bucket"),
+    "KarmaFunction": ("karma_port", "karma"),
+    "ExecutorFunction": ("executor_port", "executor"),
+}
+REDRIVE_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -24,6 +29,8 @@ class StackConfig:
     state_dir: Path = Path(".bhiv")
     bucket_port: int = 8001
     karma_port: int = 8000
+    executor_port: int = 8003
+    executor_bucket_url: str | None = None  # where the Executor sends events (default: this stack's Bucket)
     moto_port: int = 8005
     auth: bool = True
     host: str = "127.0.0.1"
@@ -71,6 +78,7 @@ class LocalStack:
         self._servers: list[Any] = []
         self._pollers: list[Any] = []
         self._stopped = threading.Event()
+        self._redriver: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -88,6 +96,8 @@ class LocalStack:
             "BHIV_CREDENTIALS_FILE": str(self.credentials_path),
             "BHIV_AUTH_DISABLED": "0" if self.config.auth else "1",
             "BHIV_LOG_DIR": str(self.state_dir / "logs"),
+            "BHIV_LOCAL": "1",
+            "BUCKET_URL": self.config.executor_bucket_url or f"http://{self.config.host}:{self.config.bucket_port}",
             **self.config.extra_env,
         }
         os.environ.update(env)
@@ -122,7 +132,25 @@ class LocalStack:
             self.urls[name] = app_server.url
 
         self._start_pollers(dynamodb, sqs, queue_urls, tmpl)
+        self._start_redriver(tmpl)
         self._write_stack_file()
+
+    def _start_redriver(self, tmpl: dict[str, Any]) -> None:
+        """The local stand-in for the scheduled ExecutorRedriveFunction: deliver the outbox."""
+        from bhiv.local import server
+
+        props = tmpl["Resources"]["ExecutorRedriveFunction"]["Properties"]
+        handler = server.resolve_handler(props["CodeUri"], props["Handler"])
+
+        def loop() -> None:
+            while not self._stopped.wait(REDRIVE_INTERVAL_S):
+                try:
+                    handler({"source": "bhiv.local.redriver"}, None)
+                except Exception:  # noqa: BLE001 - keep redriving; the handler logs its own failures
+                    log.exception("outbox redrive failed")
+
+        self._redriver = threading.Thread(target=loop, name="outbox-redriver", daemon=True)
+        self._redriver.start()
 
     def _start_pollers(self, dynamodb: Any, sqs: Any, queue_urls: dict[str, str], tmpl: dict[str, Any]) -> None:
         import boto3
@@ -162,6 +190,8 @@ class LocalStack:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._redriver is not None:
+            self._redriver.join(timeout=5)
         for poller in self._pollers:
             poller.stop()
         for app_server in self._servers:

@@ -91,6 +91,20 @@ def _ref_name(value: Any) -> str | None:
     return None
 
 
+LOCAL_ACCOUNT = "123456789012"  # moto's default account
+
+
+def local_arn(name: str, kind: str, region: str = "us-east-1") -> str:
+    """The ARN a resource named by its logical id has in the local stack."""
+    if kind == "AWS::SQS::Queue":
+        return f"arn:aws:sqs:{region}:{LOCAL_ACCOUNT}:{name}"
+    if kind == "AWS::IAM::Role":
+        return f"arn:aws:iam::{LOCAL_ACCOUNT}:role/{name}"
+    if kind == "AWS::DynamoDB::Table":
+        return f"arn:aws:dynamodb:{region}:{LOCAL_ACCOUNT}:table/{name}"
+    return f"arn:aws:local:{region}:{LOCAL_ACCOUNT}:{name}"
+
+
 def function_environment(function: str, template: dict[str, Any] | None = None) -> dict[str, str]:
     """A function's environment with each !Ref/!GetAtt of a resource replaced by its local name."""
     template = template or load_template()
@@ -98,8 +112,12 @@ def function_environment(function: str, template: dict[str, Any] | None = None) 
     env: dict[str, str] = {}
     for key, value in ((props.get("Environment") or {}).get("Variables") or {}).items():
         ref = _ref_name(value)
-        if ref is not None and ref in template["Resources"]:
+        if isinstance(value, dict) and "Fn::GetAtt" in value and ref in template["Resources"]:
+            env[key] = local_arn(ref, template["Resources"][ref]["Type"])
+        elif ref is not None and ref in template["Resources"]:
             env[key] = ref
+        elif ref is not None and "Default" in (template.get("Parameters") or {}).get(ref, {}):
+            env[key] = str(template["Parameters"][ref]["Default"])
         elif isinstance(value, str):
             env[key] = value
     return env

@@ -1,0 +1,50 @@
+"""The Workflow Executor's HTTP API (routes only) and its scheduled outbox redriver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice import Chalice, Response
+
+from bhiv.executor import runtime
+from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, raw_body
+from bhiv.validation import parse_json_body
+
+app = Chalice(app_name="bhiv-executor")
+view = api_view(app, runtime.logger)
+MAX_BODY_BYTES = 64 * 1024
+
+
+@app.route("/healthz", methods=["GET"])
+@view
+def healthz() -> Response:
+    status, body = runtime.service().health()
+    return json_response(status, body)
+
+
+@app.route("/health", methods=["GET"])
+@view
+def health() -> Response:
+    status, body = runtime.service().health()
+    return json_response(status, body)
+
+
+@app.route("/api/workflow/execute", methods=["POST"], content_types=ALL_CONTENT_TYPES)
+@view
+def execute() -> Response:
+    runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")
+    body = parse_json_body(raw_body(app), MAX_BODY_BYTES)
+    status, result, headers = runtime.service().execute(body)
+    return json_response(status, result, headers)
+
+
+@app.route("/api/workflow/executions/{trace_id}", methods=["GET"])
+@view
+def execution(trace_id: str) -> Response:
+    runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")
+    return json_response(200, runtime.service().execution(trace_id))
+
+
+def redrive_outbox(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled (template.yaml): deliver events that wait in the outbox."""
+    return runtime.handle_redrive(event, context)

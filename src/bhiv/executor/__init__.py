@@ -1,0 +1,1 @@
+"""The Workflow Executor: runs workflows' actions and reports each execution to the Bucket."""

@@ -1,0 +1,46 @@
+"""The workflow_execution event: one per executed workflow, its id fixed by the trace id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from bhiv.executor.engine import RunResult
+from bhiv.executor.plan import Plan
+
+MAX_EVENT_BYTES = 30 * 1024  # the Bucket refuses events over 32 KB
+
+
+def event_id_for(trace_id: str) -> str:
+    """Every retry and redrive of a trace's event carries this id, so the Bucket stores it once."""
+    return "wf_" + hashlib.sha256(trace_id.encode("utf-8")).hexdigest()[:40]
+
+
+def execution_result(plan: Plan, run: RunResult) -> dict[str, Any]:
+    result: dict[str, Any] = {"steps": [s.to_json() for s in run.steps]}
+    if plan.single:
+        only = run.steps[0]
+        result.update({"action_type": only.action_type, "output": only.output, "error": only.error})
+    return result
+
+
+def workflow_event(plan: Plan, run: RunResult, result: dict[str, Any]) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_type": "workflow_execution",
+        "trace_id": plan.trace_id,
+        "status": run.status,
+        "execution_result": result,
+        "duration_ms": round(run.duration_ms, 3),
+    }
+    if plan.user_id:
+        event["user_id"] = plan.user_id
+    if plan.single:
+        event["action_type"] = plan.steps[0].action_type
+    else:
+        event["steps"] = [{"action_type": s.action_type, "status": s.status} for s in run.steps]
+    if len(json.dumps(event).encode()) > MAX_EVENT_BYTES:
+        # keep the facts, drop the bulky outputs: the full result stays in the execution record
+        event["execution_result"] = {"steps": [{k: v for k, v in s.items() if k != "output"}
+                                               for s in result["steps"]], "outputs_truncated": True}
+    return event

@@ -1,0 +1,118 @@
+"""Reading an execute request into a plan: which actions to run, with which retry policy.
+
+Pure: the action registry's `validate` is the only thing consulted, and it does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from bhiv.errors import BadRequest, Unprocessable
+from bhiv.executor.actions.base import Action
+
+WORKFLOW = "workflow"
+STEP_META = frozenset({"action_type", "retry", "trace_id", "user_id", "name"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Step Functions' Retrier in spirit: max attempts, first interval, backoff rate."""
+
+    max_attempts: int = 3
+    interval_s: float = 1.0
+    backoff_rate: float = 2.0
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before attempt n (n >= 2)."""
+        return float(self.interval_s * self.backoff_rate ** (attempt - 2))
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    action_type: str
+    fields: dict[str, Any]
+    retry: RetryPolicy
+
+
+@dataclass(frozen=True)
+class Plan:
+    trace_id: str
+    user_id: str | None
+    steps: tuple[Step, ...]
+    single: bool  # the original single-action shape (payload.action_type)
+
+
+def _retry(raw: Any, where: str) -> RetryPolicy:
+    if raw is None:
+        return RetryPolicy()
+    if not isinstance(raw, dict):
+        raise Unprocessable(f"'{where}' must be an object", field=where)
+    unknown = set(raw) - {"max_attempts", "interval_seconds", "backoff_rate"}
+    if unknown:
+        raise Unprocessable(f"'{where}' has unknown fields: {', '.join(sorted(unknown))}", field=where)
+    attempts = raw.get("max_attempts", 3)
+    interval = raw.get("interval_seconds", 1.0)
+    backoff = raw.get("backoff_rate", 2.0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10:
+        raise Unprocessable(f"'{where}.max_attempts' must be an integer 1..10", field=f"{where}.max_attempts")
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 <= interval <= 60:
+        raise Unprocessable(f"'{where}.interval_seconds' must be 0..60", field=f"{where}.interval_seconds")
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1 <= backoff <= 10:
+        raise Unprocessable(f"'{where}.backoff_rate' must be 1..10", field=f"{where}.backoff_rate")
+    if not all(math.isfinite(float(v)) for v in (interval, backoff)):
+        raise Unprocessable(f"'{where}' must hold finite numbers", field=where)
+    return RetryPolicy(attempts, float(interval), float(backoff))
+
+
+def _step(index: int, raw: Any, where: str, registry: dict[str, Action]) -> Step:
+    if not isinstance(raw, dict):
+        raise Unprocessable(f"'{where}' must be an object", field=where)
+    action_type = raw.get("action_type")
+    if not isinstance(action_type, str) or not action_type:
+        raise Unprocessable(f"'{where}.action_type' is required", field=f"{where}.action_type",
+                            known=sorted(registry))
+    action = registry.get(action_type)
+    if action is None:
+        raise Unprocessable(f"Unknown action_type '{action_type}' (known: {', '.join(sorted(registry))})",
+                            code="unknown_action_type", field=f"{where}.action_type", known=sorted(registry))
+    fields = {k: v for k, v in raw.items() if k not in STEP_META}
+    problems = action.validate(fields)
+    if problems:
+        errors = [{"field": f"{where}.{p.field}", "message": p.message} for p in problems]
+        raise Unprocessable(f"Invalid '{action_type}' step: " + "; ".join(f"{e['field']}: {e['message']}"
+                                                                            for e in errors),
+                            code="invalid_action_fields", field=errors[0]["field"], errors=errors)
+    return Step(index, action_type, fields, _retry(raw.get("retry"), f"{where}.retry"))
+
+
+def skip_reason(body: dict[str, Any]) -> str | None:
+    decision = body.get("decision")
+    if decision == WORKFLOW:
+        return None
+    return f"decision '{decision}' is not '{WORKFLOW}': no actions run, no event emitted"
+
+
+def build_plan(body: dict[str, Any], trace_id: str, registry: dict[str, Action]) -> Plan:
+    data = body.get("data")
+    payload = data.get("payload") if isinstance(data, dict) else None
+    if not isinstance(payload, dict) or not payload:
+        raise BadRequest("A 'workflow' decision needs data.payload with the action(s) to run",
+                         code="missing_workflow_payload", field="data.payload")
+    user_id = payload.get("user_id")
+    if user_id is not None and (not isinstance(user_id, str) or not 1 <= len(user_id) <= 256):
+        raise Unprocessable("'data.payload.user_id' must be a string of 1..256 characters",
+                            field="data.payload.user_id")
+    if "steps" in payload:
+        raw_steps = payload["steps"]
+        if not isinstance(raw_steps, list) or not 1 <= len(raw_steps) <= 25:
+            raise Unprocessable("'data.payload.steps' must be a list of 1..25 steps", field="data.payload.steps")
+        if "action_type" in payload:
+            raise Unprocessable("Give either 'action_type' (one action) or 'steps', not both",
+                                field="data.payload.action_type")
+        steps = tuple(_step(i, raw, f"data.payload.steps.{i}", registry) for i, raw in enumerate(raw_steps))
+        return Plan(trace_id, user_id, steps, single=False)
+    single = {k: v for k, v in payload.items() if k != "user_id"}
+    return Plan(trace_id, user_id, (_step(0, single, "data.payload", registry),), single=True)

@@ -1,0 +1,183 @@
+"""The Executor's use cases: execute (idempotent by trace id), look up, redrive the outbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from bhiv.bucket.domain import canonical_json, isoformat
+from bhiv.contracts import event_type_errors
+from bhiv.errors import Conflict, NotFound, StorageUnavailable
+from bhiv.executor.actions.base import Action
+from bhiv.executor.delivery import BucketClient, DeliveryOutcome, deliver
+from bhiv.executor.engine import run_plan
+from bhiv.executor.event import event_id_for, execution_result, workflow_event
+from bhiv.executor.plan import build_plan, skip_reason
+from bhiv.storage.executions import QUEUED, ExecutionStore
+from bhiv.validation import raise_for_errors, schema_errors
+
+LEASE = timedelta(minutes=5)
+SERVICE = "workflow-executor"
+
+
+class Log(Protocol):
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def redrive_delay(attempts: int) -> timedelta:
+    return timedelta(seconds=min(2 ** max(attempts - 1, 0), 300))
+
+
+class ExecutorService:
+    def __init__(self, store: ExecutionStore, bucket: BucketClient, registry: dict[str, Action], log: Log, *,
+                 delivery_budget_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], datetime] = _now) -> None:
+        self._store = store
+        self._bucket = bucket
+        self._registry = registry
+        self._log = log
+        self._budget = delivery_budget_s
+        self._sleep = sleep
+        self._clock = clock
+
+    # --- execute ----------------------------------------------------------------------------
+
+    def execute(self, body: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        raise_for_errors(schema_errors("workflow_request", body))
+        trace_id: str = body.get("trace_id") or f"trace_{uuid.uuid4().hex}"
+        reason = skip_reason(body)
+        if reason is not None:
+            return 200, {"trace_id": trace_id, "status": "skipped", "reason": reason, "execution_result": {},
+                         "event_id": None, "delivery_state": None}, {}
+        plan = build_plan(body, trace_id, self._registry)
+        request_hash = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+        now = self._clock()
+        existing = self._store.claim(trace_id, request_hash, isoformat(now), isoformat(now + LEASE))
+        if existing is not None:
+            return self._replay(trace_id, request_hash, existing)
+        self._log.info("Executing workflow", trace_id=trace_id, steps=[s.action_type for s in plan.steps])
+        run = run_plan(plan, self._registry, sleep=self._sleep)
+        result = execution_result(plan, run)
+        event = workflow_event(plan, run, result)
+        contract_errors = event_type_errors(event)
+        if contract_errors:  # our own bug; the Bucket would refuse it, so say so loudly
+            self._log.error("Workflow event breaks its contract", trace_id=trace_id, errors=contract_errors)
+        event_id = event_id_for(trace_id)
+        response: dict[str, Any] = {
+            "trace_id": trace_id, "status": run.status, "execution_result": result, "event_id": event_id,
+            "user_id": plan.user_id, "duration_ms": round(run.duration_ms, 3),
+        }
+        record = {"status": run.status, "event_id": event_id, "completed_at": isoformat(self._clock()),
+                  "created_at": isoformat(now), "delivery_attempts": 0}
+        # Persist first, with the event queued: if we die now the redriver still delivers it.
+        first_retry = isoformat(self._clock() + timedelta(seconds=self._budget + 2))
+        self._store.complete(trace_id, request_hash, record, response, event, QUEUED, first_retry)
+        outcome = self._deliver(trace_id, event_id, event)
+        state = self._settle(trace_id, outcome)
+        response["delivery_state"] = state
+        response["delivery"] = _delivery_json(outcome, state)
+        return 200, response, {}
+
+    def _deliver(self, trace_id: str, event_id: str, event: dict[str, Any], budget: float | None = None
+                 ) -> DeliveryOutcome:
+        self._log.info("Sending workflow event to Bucket", trace_id=trace_id, event_id=event_id,
+                       bucket=self._bucket.base_url)
+        outcome = deliver(self._bucket, event_id, event, self._budget if budget is None else budget)
+        if outcome.state == "delivered":
+            self._log.info("Workflow event logged to Bucket", trace_id=trace_id, event_id=event_id,
+                           attempts=outcome.attempts, duplicate=outcome.duplicate)
+        elif outcome.state == "rejected":
+            self._log.error("Bucket rejected event", trace_id=trace_id, event_id=event_id, status=outcome.status,
+                            reason=outcome.reason)
+        else:
+            self._log.warning("Bucket unreachable, event queued", trace_id=trace_id, event_id=event_id,
+                              status=outcome.status, reason=outcome.reason, attempts=outcome.attempts)
+        return outcome
+
+    def _settle(self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0) -> str:
+        attempts = attempts_before + outcome.attempts
+        now = self._clock()
+        if outcome.state == "delivered":
+            self._store.settle(trace_id, "delivered", {"delivered_at": isoformat(now), "delivery_attempts": attempts})
+            return "delivered"
+        if outcome.state == "rejected":
+            self._store.settle(trace_id, "rejected", {"rejected_status": outcome.status or 0,
+                                                      "last_error": outcome.reason or "", "delivery_attempts": attempts})
+            return "rejected"
+        self._store.reschedule(trace_id, isoformat(now + redrive_delay(attempts)), attempts,
+                               outcome.reason or "unreachable")
+        return QUEUED
+
+    def _replay(self, trace_id: str, request_hash: str, existing: dict[str, Any]
+                ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if existing.get("request_hash") != request_hash:
+            raise Conflict(f"trace_id '{trace_id}' was already used for a different request",
+                           code="trace_id_conflict", field="trace_id")
+        if existing.get("state") != "completed":
+            raise Conflict(f"trace_id '{trace_id}' is still executing; retry shortly",
+                           code="execution_in_progress", field="trace_id")
+        response: dict[str, Any] = json.loads(existing["response"])
+        response["delivery_state"] = existing.get("delivery_state")
+        return 200, response, {"X-Idempotent-Replay": "true"}
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def execution(self, trace_id: str) -> dict[str, Any]:
+        record = self._store.get(trace_id) if len(trace_id) <= 256 else None
+        if record is None or record.get("state") != "completed":
+            raise NotFound(f"No completed execution with trace_id '{trace_id}'", code="execution_not_found")
+        response = json.loads(record["response"])
+        return {
+            **response,
+            "delivery_state": record.get("delivery_state"),
+            "delivery": {"attempts": record.get("delivery_attempts", 0), "delivered_at": record.get("delivered_at"),
+                         "last_error": record.get("last_error"), "next_attempt_at": record.get("next_attempt_at"),
+                         "rejected_status": record.get("rejected_status")},
+            "created_at": record.get("created_at"),
+            "completed_at": record.get("completed_at"),
+        }
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            queued = self._store.queued_count()
+            storage = {"status": "ok"}
+            status, code = "ok", 200
+        except StorageUnavailable as exc:
+            queued, storage, status, code = -1, {"status": "unreachable", "error": str(exc)[:200]}, "degraded", 503
+        return code, {"status": status, "service": SERVICE, "storage": storage,
+                      "bucket": {"url": self._bucket.base_url, "reachable": self._bucket.reachable()},
+                      "outbox": {"queued": queued}, "actions": sorted(self._registry)}
+
+    # --- outbox -----------------------------------------------------------------------------
+
+    def redrive(self, due_only: bool = True, limit: int = 25) -> dict[str, int]:
+        """Deliver queued events (those due, or all); returns counts by outcome."""
+        now = self._clock()
+        items = self._store.due(isoformat(now), limit) if due_only else self._store.queued(limit)
+        counts = {"delivered": 0, "rejected": 0, "queued": 0}
+        for item in items:
+            event = json.loads(item["event"])
+            outcome = self._deliver(item["trace_id"], item["event_id"], event, budget=min(self._budget, 1.0))
+            state = self._settle(item["trace_id"], outcome, int(item.get("delivery_attempts", 0)))
+            counts[state] += 1
+        return counts
+
+    def outbox(self) -> list[dict[str, Any]]:
+        return [{k: item.get(k) for k in ("trace_id", "event_id", "created_at", "delivery_attempts", "last_error",
+                                          "next_attempt_at")} for item in self._store.queued()]
+
+
+def _delivery_json(outcome: DeliveryOutcome, state: str) -> dict[str, Any]:
+    return {"state": state, "attempts": outcome.attempts, "status": outcome.status, "reason": outcome.reason,
+            "duplicate": outcome.duplicate}
