@@ -63,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--write", action="store_true",
                          help="replace the live state with the rebuilt one (stop writers first); default: compare")
 
+    diag = sub.add_parser("diagnose", help="follow a fresh workflow through executor, bucket, stream and karma")
+    _state_dir_arg(diag)
+    diag.add_argument("--executor-url", help="default: the local stack's (from <state-dir>/stack.json)")
+    diag.add_argument("--bucket-url")
+    diag.add_argument("--karma-url")
+    diag.add_argument("--token", help="a token with workflows:execute, events:read, karma:read "
+                                      "(default: bhiv_core's from <state-dir>/credentials.json)")
+    diag.add_argument("--timeout", type=float, default=10.0, help="seconds to wait at each hop")
+
+    outbox = sub.add_parser("outbox", help="workflow events waiting for delivery to the Bucket")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    for name, text in (("list", "show queued events"), ("redrive", "deliver them now")):
+        _state_dir_arg(outbox_sub.add_parser(name, help=text))
+
     token = sub.add_parser("token", help="print a requester's local token")
     _state_dir_arg(token)
     token.add_argument("requester_id", nargs="?", default="bhiv_core")
@@ -77,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_dlq(args)
     if args.command == "token":
         return cmd_token(args)
+    if args.command == "diagnose":
+        return cmd_diagnose(args)
+    if args.command == "outbox":
+        return cmd_outbox(args)
     if args.command == "karma":
         from bhiv.karma.cli import cmd_karma
 
@@ -131,6 +149,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         if args.demo:
             code = run_demo(stack.urls, stack.credentials_path)
+            if code == 0:
+                from bhiv import diagnose
+
+                print("[demo] 5. bhiv diagnose: a fresh workflow through every hop\n", flush=True)
+                token = json.loads(stack.credentials_path.read_text(encoding="utf-8"))["bhiv_core"]
+                code = diagnose.main(diagnose.Targets(stack.urls["executor"], stack.urls["bucket"],
+                                                      stack.urls["karma"], token if config.auth else None))
+                print("\nThe stack keeps running; press Ctrl-C to stop.", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
@@ -242,6 +268,60 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"{mapping.on_failure_queue}: redriven {redriven}, still failing {failing}")
             failures += failing
     return 1 if failures else 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from bhiv import diagnose
+    from bhiv.local.stack import read_stack_file
+
+    info = read_stack_file(args.state_dir) or {}
+    urls = info.get("urls", {})
+    token = args.token
+    if token is None and info.get("auth", True):
+        creds = args.state_dir / "credentials.json"
+        if creds.exists():
+            token = json.loads(creds.read_text(encoding="utf-8")).get("bhiv_core")
+    targets = diagnose.Targets(
+        executor=args.executor_url or urls.get("executor", "http://127.0.0.1:8003"),
+        bucket=args.bucket_url or urls.get("bucket", "http://127.0.0.1:8001"),
+        karma=args.karma_url or urls.get("karma", "http://127.0.0.1:8000"),
+        token=token,
+        timeout_s=args.timeout,
+    )
+    return diagnose.main(targets)
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    import os
+
+    from bhiv.local import template
+
+    _remote_clients(args.state_dir)
+    os.environ.update(template.function_environment("ExecutorRedriveFunction"))
+    info = read_stack_file_or_exit(args.state_dir)
+    os.environ["BUCKET_URL"] = info["urls"]["bucket"]
+    os.environ["BHIV_CREDENTIALS_FILE"] = info["credentials"]
+    from bhiv.executor import runtime
+
+    service = runtime.service()
+    if args.outbox_command == "list":
+        items = service.outbox()
+        print(f"{len(items)} event(s) waiting for delivery")
+        for item in items:
+            print(json.dumps(item))
+        return 0
+    counts = service.redrive(due_only=False, limit=1000)
+    print(f"delivered {counts['delivered']}, rejected {counts['rejected']}, still queued {counts['queued']}")
+    return 1 if counts["queued"] else 0
+
+
+def read_stack_file_or_exit(state_dir: Path) -> dict[str, Any]:
+    from bhiv.local.stack import read_stack_file
+
+    info = read_stack_file(state_dir)
+    if not info:
+        raise SystemExit(f"bhiv: no running stack found in {state_dir} (start `bhiv up`)")
+    return info
 
 
 def cmd_token(args: argparse.Namespace) -> int:

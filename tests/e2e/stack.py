@@ -32,6 +32,7 @@ class RunningStack:
     bucket_url: str
     log_path: Path
     karma_url: str
+    executor_url: str
 
     @property
     def tokens(self) -> dict[str, str]:
@@ -55,8 +56,9 @@ class RunningStack:
         return self.process.returncode
 
 
-def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningStack:
-    bucket_port, karma_port, moto_port = free_port(), free_port(), free_port()
+def start_stack(state_dir: Path, *extra: str, timeout: float = 60, bucket_port: int | None = None) -> RunningStack:
+    bucket_port = bucket_port or free_port()
+    karma_port, executor_port, moto_port = free_port(), free_port(), free_port()
     log_path = state_dir.parent / f"{state_dir.name}-stack.log"
     log = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
@@ -70,6 +72,8 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningSta
             str(bucket_port),
             "--karma-port",
             str(karma_port),
+            "--executor-port",
+            str(executor_port),
             "--moto-port",
             str(moto_port),
             *extra,
@@ -80,7 +84,12 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60) -> RunningSta
         cwd=ROOT,
     )
     stack = RunningStack(
-        process, state_dir, f"http://127.0.0.1:{bucket_port}", log_path, f"http://127.0.0.1:{karma_port}"
+        process,
+        state_dir,
+        f"http://127.0.0.1:{bucket_port}",
+        log_path,
+        f"http://127.0.0.1:{karma_port}",
+        f"http://127.0.0.1:{executor_port}",
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

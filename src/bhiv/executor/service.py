@@ -35,8 +35,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def redrive_delay(attempts: int) -> timedelta:
-    return timedelta(seconds=min(2 ** max(attempts - 1, 0), 300))
+def redrive_delay(rounds: int) -> timedelta:
+    """Wait before redrive round n (1, 2, 4, ... seconds, at most a minute)."""
+    return timedelta(seconds=min(2 ** max(rounds - 1, 0), 60))
 
 
 class ExecutorService:
@@ -105,7 +106,8 @@ class ExecutorService:
                               status=outcome.status, reason=outcome.reason, attempts=outcome.attempts)
         return outcome
 
-    def _settle(self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0) -> str:
+    def _settle(self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0, rounds_before: int = 0
+                ) -> str:
         attempts = attempts_before + outcome.attempts
         now = self._clock()
         if outcome.state == "delivered":
@@ -115,8 +117,9 @@ class ExecutorService:
             self._store.settle(trace_id, "rejected", {"rejected_status": outcome.status or 0,
                                                       "last_error": outcome.reason or "", "delivery_attempts": attempts})
             return "rejected"
-        self._store.reschedule(trace_id, isoformat(now + redrive_delay(attempts)), attempts,
-                               outcome.reason or "unreachable")
+        rounds = rounds_before + 1
+        self._store.reschedule(trace_id, isoformat(now + redrive_delay(rounds)), attempts,
+                               outcome.reason or "unreachable", rounds)
         return QUEUED
 
     def _replay(self, trace_id: str, request_hash: str, existing: dict[str, Any]
@@ -168,9 +171,12 @@ class ExecutorService:
         counts = {"delivered": 0, "rejected": 0, "queued": 0}
         for item in items:
             event = json.loads(item["event"])
-            outcome = self._deliver(item["trace_id"], item["event_id"], event, budget=min(self._budget, 1.0))
-            state = self._settle(item["trace_id"], outcome, int(item.get("delivery_attempts", 0)))
+            outcome = self._deliver(item["trace_id"], item["event_id"], event, budget=min(self._budget, 0.5))
+            state = self._settle(item["trace_id"], outcome, int(item.get("delivery_attempts", 0)),
+                                 int(item.get("redrive_rounds", 0)))
             counts[state] += 1
+            if state == QUEUED:
+                break  # the Bucket is still away: the rest keep their turn for the next pass
         return counts
 
     def outbox(self) -> list[dict[str, Any]]:

@@ -121,14 +121,15 @@ class ExecutionStore:
             raise
 
     @storage_errors
-    def reschedule(self, trace_id: str, next_attempt_at: str, attempts: int, last_error: str) -> None:
+    def reschedule(self, trace_id: str, next_attempt_at: str, attempts: int, last_error: str, rounds: int) -> None:
         try:
             self._client.update_item(
                 TableName=self._table, Key={"trace_id": {"S": trace_id}},
-                UpdateExpression="SET next_attempt_at = :n, delivery_attempts = :a, last_error = :e",
+                UpdateExpression="SET next_attempt_at = :n, delivery_attempts = :a, last_error = :e, "
+                                 "redrive_rounds = :r",
                 ConditionExpression="attribute_exists(outbox)",
                 ExpressionAttributeValues={":n": {"S": next_attempt_at}, ":a": {"N": str(attempts)},
-                                           ":e": {"S": last_error[:500]}})
+                                           ":e": {"S": last_error[:500]}, ":r": {"N": str(rounds)}})
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
