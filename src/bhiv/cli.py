@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-auth", action="store_true", help="accept requests without tokens (loopback only; for legacy clients)"
     )
+    up.add_argument("--ephemeral", action="store_true",
+                    help="keep state in memory only (no journal): everything is gone at stop")
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 
     dlq = sub.add_parser("dlq", help="records that exhausted their stream retries")
@@ -77,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("list", "show queued events"), ("redrive", "deliver them now")):
         _state_dir_arg(outbox_sub.add_parser(name, help=text))
 
+    reset = sub.add_parser("reset", help="empty the state directory (events, karma, outbox, tokens)")
+    _state_dir_arg(reset)
+    reset.add_argument("--yes", action="store_true", help="do not ask")
+
     token = sub.add_parser("token", help="print a requester's local token")
     _state_dir_arg(token)
     token.add_argument("requester_id", nargs="?", default="bhiv_core")
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_dlq(args)
     if args.command == "token":
         return cmd_token(args)
+    if args.command == "reset":
+        return cmd_reset(args)
     if args.command == "diagnose":
         return cmd_diagnose(args)
     if args.command == "outbox":
@@ -114,6 +122,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         karma_port=args.karma_port,
         executor_port=args.executor_port,
         executor_bucket_url=args.executor_bucket_url,
+        durable=not args.ephemeral,
         moto_port=args.moto_port,
         auth=not args.no_auth,
     )
@@ -129,6 +138,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     for name, url in stack.urls.items():
         print(f"  {name:<10} {url}")
     print(f"  state dir  {stack.state_dir}")
+    if config.durable:
+        print(f"  restored   {stack.durable.loaded_items} items from the snapshot + {stack.durable.replayed} "
+              f"journal writes in {stack.restore_seconds:.2f} s (generation {stack.durable.generation})")
+    else:
+        print("  state      in memory only (--ephemeral): everything is gone at stop")
     print(f"  tokens     {stack.credentials_path}  (Authorization: Bearer <token>)")
     if not config.auth:
         print("!" * BANNER_WIDTH)
@@ -322,6 +336,28 @@ def read_stack_file_or_exit(state_dir: Path) -> dict[str, Any]:
     if not info:
         raise SystemExit(f"bhiv: no running stack found in {state_dir} (start `bhiv up`)")
     return info
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    import shutil
+
+    from bhiv.local.stack import read_stack_file
+
+    state_dir: Path = args.state_dir
+    if not state_dir.exists():
+        print(f"{state_dir} does not exist; nothing to reset")
+        return 0
+    if read_stack_file(state_dir):
+        print(f"bhiv: a stack is running on {state_dir}; stop it first (Ctrl-C)", file=sys.stderr)
+        return 1
+    if not args.yes:
+        answer = input(f"Delete everything in {state_dir.resolve()} (events, karma, outbox, DLQ, tokens)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing deleted.")
+            return 1
+    shutil.rmtree(state_dir)
+    print(f"Deleted {state_dir}.")
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:

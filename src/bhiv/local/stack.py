@@ -7,11 +7,13 @@ import logging
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bhiv.auth import load_requesters, new_token
+from bhiv.local.durability import DurableState, activate
 
 log = logging.getLogger("bhiv.local")
 
@@ -35,6 +37,7 @@ class StackConfig:
     auth: bool = True
     host: str = "127.0.0.1"
     poll_interval_s: float = 0.05
+    durable: bool = True  # journal + snapshot in the state dir; False: in memory only (benchmarks)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -79,6 +82,8 @@ class LocalStack:
         self._pollers: list[Any] = []
         self._stopped = threading.Event()
         self._redriver: threading.Thread | None = None
+        self.durable = DurableState(self.state_dir, "us-east-1", enabled=False)
+        self.restore_seconds = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -119,6 +124,12 @@ class LocalStack:
         dynamodb = boto3.client("dynamodb")
         sqs = boto3.client("sqs")
         queue_urls = template.create_resources(dynamodb, sqs)
+        started = time.monotonic()
+        self.durable = DurableState(self.state_dir, os.environ["AWS_DEFAULT_REGION"], enabled=self.config.durable)
+        if self.config.durable:
+            self.durable.restore(dynamodb, sqs)
+            activate(self.durable)
+        self.restore_seconds = time.monotonic() - started
         tmpl = template.load_template()
         for function in template.resources("AWS::Serverless::Function", tmpl):
             os.environ.update(template.function_environment(function, tmpl))
@@ -160,8 +171,8 @@ class LocalStack:
         from bhiv.local.streams import StreamPoller
 
         streams = boto3.client("dynamodbstreams", config=Config(account_id_endpoint_mode="disabled"))
-        checkpoints = self.state_dir / "checkpoints"
-        checkpoints.mkdir(exist_ok=True)
+        checkpoints = self.durable.checkpoint_dir()
+        checkpoints.mkdir(parents=True, exist_ok=True)
         for mapping in template.stream_mappings(tmpl):
             handler = server.resolve_handler(mapping.code_uri, mapping.handler)
             poller = StreamPoller(
@@ -186,21 +197,42 @@ class LocalStack:
         }
         (self.state_dir / "stack.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop taking requests, let the stream consumers catch up, compact the state, stop."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         if self._redriver is not None:
             self._redriver.join(timeout=5)
-        for poller in self._pollers:
-            poller.stop()
         for app_server in self._servers:
             app_server.stop()
+        for poller in self._pollers:
+            poller.stop()
+        drained = self._drain(drain_timeout_s)
+        if self._mock is not None and self.config.durable:
+            if drained:
+                self.durable.compact()
+            else:
+                log.warning("stream consumers did not catch up; keeping the journal instead of compacting")
+        self.durable.close()
+        activate(None)
         if self._moto_server is not None:
             self._moto_server.stop()
         if self._mock is not None:
             self._mock.stop()
         (self.state_dir / "stack.json").unlink(missing_ok=True)
+
+    def _drain(self, timeout_s: float) -> bool:
+        """Deliver what the stream still holds (synchronously); True when nothing is left."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if sum(poller.poll_once() for poller in self._pollers) == 0 and all(
+                        poller.lag() == 0 for poller in self._pollers):
+                    return True
+        except Exception:  # noqa: BLE001 - a failing drain only means no compaction
+            log.exception("draining the streams failed")
+        return False
 
     def pollers(self) -> list[Any]:
         return list(self._pollers)
