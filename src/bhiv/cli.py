@@ -79,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("list", "show queued events"), ("redrive", "deliver them now")):
         _state_dir_arg(outbox_sub.add_parser(name, help=text))
 
+    logs = sub.add_parser("logs", help="every log line of one trace across the services, in time order")
+    _state_dir_arg(logs)
+    logs.add_argument("trace_id")
+
+    events = sub.add_parser("events", help="the Bucket's events")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    tail = events_sub.add_parser("tail", help="follow new events as they arrive (Ctrl-C stops)")
+    _state_dir_arg(tail)
+    for name in ("event_type", "requester_id", "trace_id", "user_id"):
+        tail.add_argument(f"--{name.replace('_', '-')}", dest=name)
+    tail.add_argument("--last", type=int, default=10, help="show the last N events first")
+    tail.add_argument("--interval", type=float, default=0.5)
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    status = sub.add_parser("status", help="per service: up or down, events, outbox, DLQ, stream lag")
+    _state_dir_arg(status)
+
     reset = sub.add_parser("reset", help="empty the state directory (events, karma, outbox, tokens)")
     _state_dir_arg(reset)
     reset.add_argument("--yes", action="store_true", help="do not ask")
@@ -97,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_dlq(args)
     if args.command == "token":
         return cmd_token(args)
+    if args.command in ("logs", "events", "status"):
+        from bhiv import tools
+
+        if args.command == "logs":
+            return tools.cmd_logs(args)
+        if args.command == "events":
+            return tools.cmd_tail(args)
+        return tools.cmd_status(args)
     if args.command == "reset":
         return cmd_reset(args)
     if args.command == "diagnose":

@@ -4,18 +4,39 @@ contracts (and the OpenAPI specs built from the same shapes) say."""
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
+from jsonschema.protocols import Validator
 
 from bhiv.contracts import load_schema
 from bhiv.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 
 @cache
-def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(load_schema(name))
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    # JSON Schema patterns are ECMA-262: a final `$` matches only at the very end of the string,
+    # where Python's `$` also matches before a trailing newline ("evt-1\n" would pass).
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+ContractValidator = validators.extend(Draft202012Validator, validators={"pattern": _pattern})
+
+
+@cache
+def validator(name: str) -> Validator:
+    validator_instance: Validator = ContractValidator(load_schema(name))
+    return validator_instance
 
 
 def schema_errors(name: str, instance: Any, prefix: str = "") -> list[dict[str, str]]:

@@ -24,7 +24,8 @@ def canonical_json(value: Any) -> str:
 
 
 def isoformat(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # not strftime: its %Y does not zero-pad years before 1000, which breaks string order
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(value: str, name: str) -> datetime:
@@ -37,7 +38,10 @@ def parse_time(value: str, name: str) -> datetime:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00: before the earliest instant datetime holds
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def encode_cursor(position: dict[str, Any], query_fingerprint: str, secret: byte
 def decode_cursor(cursor: str, query_fingerprint: str, secret: bytes) -> dict[str, Any]:
     invalid = BadRequest("Invalid or tampered cursor", code="invalid_cursor", field="cursor")
     payload, _, signature = cursor.partition(".")
-    if not payload or not signature:
+    if not payload or not signature or not cursor.isascii():  # compare_digest refuses non-ASCII str
         raise invalid
     expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:16])
     if not hmac.compare_digest(expected, signature):

@@ -141,9 +141,10 @@ class KarmaConsumer:
             user = users.get(user_id) or UserState.new(user_id, self._policy)
             result = apply_action(self._policy, user, qtable, action, event.received_at)
             users[user_id], qtable = result.user, result.qtable
+            trace = event.event_data.get("trace_id")
             outcomes.append(Outcome(event.event_id, "applied", user_id,
                                     result.history_entry(event.event_id, event.event_type, event.received_at),
-                                    event.received_at))
+                                    event.received_at, trace if isinstance(trace, str) else None))
         if check_markers and outcomes:
             seen = self._store.existing_markers([o.marker_key for o in outcomes])
             if seen:
@@ -193,4 +194,5 @@ class KarmaConsumer:
         for outcome in outcomes:
             if outcome.status == "applied" and outcome.history:
                 self._log.info("Karma applied event", event_id=outcome.event_id, user_id=outcome.user_id,
-                               action=outcome.history["action"], reward=outcome.history["reward"])
+                               action=outcome.history["action"], reward=outcome.history["reward"],
+                               trace_id=outcome.trace_id)

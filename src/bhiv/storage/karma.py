@@ -39,6 +39,7 @@ class Outcome:
     user_id: str | None = None
     history: dict[str, Any] | None = None
     received_at: str = ""
+    trace_id: str | None = None
 
     @property
     def marker_key(self) -> tuple[str, str]:
