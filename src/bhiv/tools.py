@@ -42,7 +42,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 1
     for stamp, service, record in lines:
         extra = {k: v for k, v in record.items() if k not in ("timestamp", "message", "level", "service", "location")}
-        print(f"{stamp}  {service:<8} {record.get('level', ''):<7} {record.get('message', '')}  {json.dumps(extra)}")
+        print(f"{stamp.replace(' ', 'T')}  {service:<8} {record.get('level', ''):<7} {record.get('message', '')}  {json.dumps(extra)}")
     return 0
 
 

@@ -104,3 +104,27 @@ def test_a_bucket_answering_403_is_reported_as_a_rejection(tmp_path: Path) -> No
     finally:
         stack.stop()
         fake.close()
+
+
+def test_logs_of_one_trace_span_the_three_services_and_status_reports(stack: RunningStack) -> None:
+    trace = f"logs-{uuid.uuid4().hex[:8]}"
+    user = f"u-{trace}"
+    assert _execute(stack, trace, user).status_code == 200
+    poll_until(lambda: requests.get(f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"),
+                                    timeout=5).status_code, lambda s: s == 200, timeout=5)
+    result = poll_until(
+        lambda: subprocess.run([str(BHIV), "logs", trace, "--state-dir", str(stack.state_dir)], capture_output=True,
+                               text=True, timeout=30, check=False),
+        lambda r: "Karma applied event" in r.stdout, timeout=5)
+    lines = result.stdout.splitlines()
+    services = {line.split()[1] for line in lines}
+    assert {"executor", "bucket", "karma"} <= services
+    messages = [line for line in lines if "Sending workflow event to Bucket" in line
+                or "Workflow event logged to Bucket" in line or "Received event from workflow_executor" in line]
+    assert len(messages) == 3
+    assert lines == sorted(lines, key=lambda line: line.split()[0])  # time order
+    status = subprocess.run([str(BHIV), "status", "--state-dir", str(stack.state_dir)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for fragment in ("bucket    up", "executor  up", "karma     up", "outbox depth", "DLQ depth", "lag:"):
+        assert fragment in status.stdout
