@@ -52,5 +52,6 @@ def auth() -> Authenticator:
 
 def handle_redrive(event: dict[str, Any], context: Any) -> dict[str, Any]:
     counts = service().redrive(due_only=True, limit=100)
-    logger.info("Outbox redrive", **counts)
+    if any(counts.values()):
+        logger.info("Outbox redrive", extra=counts)
     return counts

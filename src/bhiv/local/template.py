@@ -112,7 +112,7 @@ def function_environment(function: str, template: dict[str, Any] | None = None) 
     env: dict[str, str] = {}
     for key, value in ((props.get("Environment") or {}).get("Variables") or {}).items():
         ref = _ref_name(value)
-        if isinstance(value, dict) and "Fn::GetAtt" in value and ref in template["Resources"]:
+        if isinstance(value, dict) and "Fn::GetAtt" in value and ref is not None and ref in template["Resources"]:
             env[key] = local_arn(ref, template["Resources"][ref]["Type"])
         elif ref is not None and ref in template["Resources"]:
             env[key] = ref
