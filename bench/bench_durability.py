@@ -1,0 +1,111 @@
+"""Local-state figures: start-up time of `bhiv up` and the cost of the write journal.
+
+startup   seconds from `bhiv up` to a healthy Bucket: with an empty state dir, and with 100,000
+          stored events in the state dir (a compacted snapshot, as a clean stop leaves it; and,
+          optionally, the same events only in the journal, as a kill -9 leaves it)
+journal   single-event ingest over HTTP with the journal on vs. `--ephemeral`, same run: the ratio
+          is the cost of durability
+
+Usage: .venv/bin/python bench/bench_durability.py [--events 100000] [--ingest 500] [--journal-startup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.stack import start_stack  # noqa: E402
+
+
+def _events(count: int) -> list[dict[str, dict[str, str]]]:
+    from bhiv.bucket.domain import build_event
+    from bhiv.storage.events import to_item
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    return [to_item(build_event({"event_type": "bench", "trace_id": f"t{i}", "user_id": f"u{i % 500}", "n": i},
+                                "workflow_executor", f"evt{i:07d}", t0 + timedelta(milliseconds=i)))
+            for i in range(count)]
+
+
+def write_snapshot(state_dir: Path, count: int) -> None:
+    state_dir.mkdir(parents=True)
+    snapshot = {"generation": 1, "created_at": time.time(), "tables": {"EventsTable": _events(count)}}
+    (state_dir / "snapshot.json").write_text(json.dumps(snapshot), encoding="utf-8")
+    (state_dir / "journal.jsonl").write_text("", encoding="utf-8")
+
+
+def write_journal(state_dir: Path, count: int) -> None:
+    state_dir.mkdir(parents=True)
+    with open(state_dir / "journal.jsonl", "w", encoding="utf-8") as journal:
+        for item in _events(count):
+            body = {"TableName": "EventsTable", "Item": item, "ConditionExpression": "attribute_not_exists(event_id)"}
+            journal.write(json.dumps({"g": 0, "a": "PutItem", "b": json.dumps(body)}) + "\n")
+
+
+def startup_seconds(state_dir: Path) -> float:
+    started = time.perf_counter()
+    stack = start_stack(state_dir, timeout=1800)
+    elapsed = time.perf_counter() - started
+    stack.stop(timeout=600)
+    return elapsed
+
+
+def ingest_rate(count: int, *extra: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = start_stack(Path(tmp) / "state", *extra)
+        try:
+            host, port = stack.bucket_url.removeprefix("http://").split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            token = stack.tokens["workflow_executor"]
+            started = time.perf_counter()
+            for i in range(count):
+                conn.request("POST", "/core/write-event", headers={"Authorization": f"Bearer {token}"},
+                             body=json.dumps({"requester_id": "workflow_executor",
+                                              "event_data": {"event_type": "bench", "n": i}}))
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 201
+            return count / (time.perf_counter() - started)
+        finally:
+            stack.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--ingest", type=int, default=500)
+    parser.add_argument("--journal-startup", action="store_true", help="also time a journal-only restart")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = startup_seconds(Path(tmp) / "empty")
+        write_snapshot(Path(tmp) / "full", args.events)
+        full = startup_seconds(Path(tmp) / "full")
+        journal = None
+        if args.journal_startup:
+            write_journal(Path(tmp) / "journal", args.events)
+            journal = startup_seconds(Path(tmp) / "journal")
+    durable = ingest_rate(args.ingest)
+    ephemeral = ingest_rate(args.ingest, "--ephemeral")
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"start-up, empty state                        : {empty:6.1f} s")
+    print(f"start-up, {args.events} events in the snapshot  : {full:6.1f} s")
+    if journal is not None:
+        print(f"start-up, {args.events} events in the journal   : {journal:6.1f} s")
+    print(f"ingest with journal / ephemeral              : {durable:6.0f} / {ephemeral:6.0f} events/s"
+          f"  ratio {durable / ephemeral:.2f}  (n={args.ingest})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
