@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -284,10 +285,9 @@ def _int_param(params: dict[str, str], name: str, *, default: int, low: int, hig
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise BadRequest(f"'{name}' must be an integer {low}..{high}", code="invalid_parameter", field=name) from None
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):
+        raise BadRequest(f"'{name}' must be an integer {low}..{high}", code="invalid_parameter", field=name)
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(
             f"'{name}' must be between {low} and {high}, got {value}", code="invalid_parameter", field=name

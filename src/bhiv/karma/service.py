@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -15,6 +16,9 @@ from bhiv.validation import raise_for_errors, schema_errors
 
 KARMA_REQUESTER = "karma"
 DIRECT_EVENT_TYPE = "life_event"
+MAX_USER_ID = 256  # events name users in 1..256 characters (contracts/): a longer id is nobody
+MAX_CURSOR_KEY_BYTES = 1024  # DynamoDB's sort key limit: a longer "cursor" was never issued
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII only: int() also reads "٣" and raises on "²" or "--5"
 
 
 class KarmaReads(Protocol):
@@ -78,7 +82,7 @@ class KarmaService:
     # --- HTTP -----------------------------------------------------------------------------
 
     def karma(self, user_id: str) -> dict[str, Any]:
-        user = self._store.user(user_id)
+        user = self._store.user(user_id) if len(user_id) <= MAX_USER_ID else None
         if user is None:
             raise NotFound(f"No karma recorded for user '{user_id}'", code="user_not_found")
         qtable = self._store.qtable(self._policy.version) or QTable.new(self._policy)
@@ -103,9 +107,9 @@ class KarmaService:
                 start = base64.urlsafe_b64decode(params["cursor"] + "=" * (-len(params["cursor"]) % 4)).decode()
             except (ValueError, UnicodeDecodeError):
                 raise BadRequest("Invalid cursor", code="invalid_cursor", field="cursor") from None
-            if not start.startswith("h#"):
+            if not start.startswith("h#") or len(start.encode()) > MAX_CURSOR_KEY_BYTES:
                 raise BadRequest("Invalid cursor", code="invalid_cursor", field="cursor")
-        if self._store.user(user_id) is None:
+        if len(user_id) > MAX_USER_ID or self._store.user(user_id) is None:
             raise NotFound(f"No karma recorded for user '{user_id}'", code="user_not_found")
         entries, last = self._store.history(user_id, limit, start)
         cursor = base64.urlsafe_b64encode(last.encode()).decode().rstrip("=") if last else None
@@ -169,9 +173,9 @@ def _int_param(params: dict[str, str], name: str, default: int, low: int, high: 
     raw = params.get(name)
     if raw is None:
         return default
-    if not raw.lstrip("-").isdigit():
+    if not _INTEGER.fullmatch(raw):
         raise BadRequest(f"'{name}' must be an integer {low}..{high}", code="invalid_parameter", field=name)
-    value = int(raw)
+    value = int(raw) if len(raw) <= 12 else high + 1  # a longer one is out of range (and int() may refuse it)
     if not low <= value <= high:
         raise BadRequest(f"'{name}' must be between {low} and {high}", code="invalid_parameter", field=name)
     return value

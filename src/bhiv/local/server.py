@@ -9,11 +9,29 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from urllib.parse import unquote
+
+from chalice import local as chalice_local
 from chalice.config import Config
 from chalice.local import ChaliceRequestHandler, LocalDevServer
 
 _MODULES: dict[Path, ModuleType] = {}
 _LOAD_LOCK = threading.Lock()
+
+
+_original_create_event = chalice_local.LambdaEventConverter.create_lambda_event
+
+
+def _create_event_with_decoded_path_parameters(self: Any, *args: Any, **kwargs: Any) -> Any:
+    # API Gateway hands handlers percent-decoded path parameters; chalice local does not.
+    event = _original_create_event(self, *args, **kwargs)
+    params = event.get("pathParameters")
+    if params:
+        event["pathParameters"] = {name: unquote(value) for name, value in params.items()}
+    return event
+
+
+chalice_local.LambdaEventConverter.create_lambda_event = _create_event_with_decoded_path_parameters  # type: ignore[method-assign]
 
 
 class NoDelayRequestHandler(ChaliceRequestHandler):
