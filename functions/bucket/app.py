@@ -16,7 +16,7 @@ app = Chalice(app_name="bhiv-bucket")
 view = api_view(app, runtime.logger)
 
 
-@app.route("/health", methods=["GET"])
+@app.route("/health", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def health() -> Response:
     status, body = runtime.service().health()
@@ -41,28 +41,28 @@ def write_events() -> Response:
     return json_response(status, result)
 
 
-@app.route("/core/events", methods=["GET"])
+@app.route("/core/events", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def list_events() -> Response:
     runtime.service().authenticate(header(app, "authorization"), "events:read")
     return json_response(200, runtime.service().list_events(query_params(app)))
 
 
-@app.route("/core/events/{event_id}", methods=["GET"])
+@app.route("/core/events/{event_id}", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def get_event(event_id: str) -> Response:
     runtime.service().authenticate(header(app, "authorization"), "events:read")
     return json_response(200, runtime.service().get_event(event_id))
 
 
-@app.route("/core/stats", methods=["GET"])
+@app.route("/core/stats", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def stats() -> Response:
     runtime.service().authenticate(header(app, "authorization"), "events:read")
     return json_response(200, runtime.service().stats())
 
 
-@app.route("/core/read-context", methods=["GET"])
+@app.route("/core/read-context", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def read_context() -> Response:
     runtime.service().authenticate(header(app, "authorization"), "events:read")

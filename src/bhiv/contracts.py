@@ -8,8 +8,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 
 def contracts_dir() -> Path:
     env = os.environ.get("BHIV_CONTRACTS_DIR")
@@ -28,12 +26,14 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def event_type_validators() -> dict[str, Draft202012Validator]:
+def event_type_validators() -> dict[str, Any]:
     """event_type -> validator, for every event type with a contract under contracts/events/."""
-    validators: dict[str, Draft202012Validator] = {}
+    validators: dict[str, Any] = {}
     for path in sorted((contracts_dir() / "events").glob("*.schema.json")):
         schema = json.loads(path.read_text(encoding="utf-8"))
-        validators[path.name.removesuffix(".schema.json")] = Draft202012Validator(schema)
+        from bhiv.validation import ContractValidator
+
+        validators[path.name.removesuffix(".schema.json")] = ContractValidator(schema)
     return validators
 
 
