@@ -33,9 +33,17 @@ def _events(count: int) -> list[dict[str, dict[str, str]]]:
     from bhiv.storage.events import to_item
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
-    return [to_item(build_event({"event_type": "bench", "trace_id": f"t{i}", "user_id": f"u{i % 500}", "n": i},
-                                "workflow_executor", f"evt{i:07d}", t0 + timedelta(milliseconds=i)))
-            for i in range(count)]
+    return [
+        to_item(
+            build_event(
+                {"event_type": "bench", "trace_id": f"t{i}", "user_id": f"u{i % 500}", "n": i},
+                "workflow_executor",
+                f"evt{i:07d}",
+                t0 + timedelta(milliseconds=i),
+            )
+        )
+        for i in range(count)
+    ]
 
 
 def write_snapshot(state_dir: Path, count: int) -> None:
@@ -70,9 +78,14 @@ def ingest_rate(count: int, *extra: str) -> float:
             token = stack.tokens["workflow_executor"]
             started = time.perf_counter()
             for i in range(count):
-                conn.request("POST", "/core/write-event", headers={"Authorization": f"Bearer {token}"},
-                             body=json.dumps({"requester_id": "workflow_executor",
-                                              "event_data": {"event_type": "bench", "n": i}}))
+                conn.request(
+                    "POST",
+                    "/core/write-event",
+                    headers={"Authorization": f"Bearer {token}"},
+                    body=json.dumps(
+                        {"requester_id": "workflow_executor", "event_data": {"event_type": "bench", "n": i}}
+                    ),
+                )
                 response = conn.getresponse()
                 response.read()
                 assert response.status == 201
@@ -102,8 +115,10 @@ def main() -> int:
     print(f"start-up, {args.events} events in the snapshot  : {full:6.1f} s")
     if journal is not None:
         print(f"start-up, {args.events} events in the journal   : {journal:6.1f} s")
-    print(f"ingest with journal / ephemeral              : {durable:6.0f} / {ephemeral:6.0f} events/s"
-          f"  ratio {durable / ephemeral:.2f}  (n={args.ingest})")
+    print(
+        f"ingest with journal / ephemeral              : {durable:6.0f} / {ephemeral:6.0f} events/s"
+        f"  ratio {durable / ephemeral:.2f}  (n={args.ingest})"
+    )
     return 0
 
 

@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
-
 from tests.e2e.stack import start_stack  # noqa: E402
 
 
@@ -47,11 +46,18 @@ def main() -> int:
             reader.headers.update(stack.auth("bhiv_core"))
 
             def execute(trace: str, user: str) -> requests.Response:
-                return executor.post(f"{stack.executor_url}/api/workflow/execute", json={
-                    "trace_id": trace, "decision": "workflow",
-                    "data": {"workflow_type": "workflow",
-                             "payload": {"action_type": "task", "user_id": user, "title": f"bench {trace}"}},
-                }, timeout=10)
+                return executor.post(
+                    f"{stack.executor_url}/api/workflow/execute",
+                    json={
+                        "trace_id": trace,
+                        "decision": "workflow",
+                        "data": {
+                            "workflow_type": "workflow",
+                            "payload": {"action_type": "task", "user_id": user, "title": f"bench {trace}"},
+                        },
+                    },
+                    timeout=10,
+                )
 
             for i in range(20):  # warm-up
                 execute(f"warm-{i}-{uuid.uuid4().hex[:6]}", "warm")
@@ -61,8 +67,10 @@ def main() -> int:
                 started = time.perf_counter()
                 response = execute(trace, user)
                 assert response.status_code == 200 and response.json()["delivery_state"] == "delivered"
-                while reader.get(f"{stack.bucket_url}/core/events", params={"trace_id": trace},
-                                 timeout=5).json()["count"] != 1:
+                while (
+                    reader.get(f"{stack.bucket_url}/core/events", params={"trace_id": trace}, timeout=5).json()["count"]
+                    != 1
+                ):
                     time.sleep(0.001)
                 to_bucket.append(time.perf_counter() - started)
                 while reader.get(f"{stack.karma_url}/api/v1/karma/{user}", timeout=5).status_code != 200:
@@ -75,17 +83,26 @@ def main() -> int:
             throughput = n / (time.perf_counter() - started)
             started = time.perf_counter()
             for i in range(n):
-                response = bucket.post(f"{stack.bucket_url}/core/write-event", json={
-                    "requester_id": "workflow_executor",
-                    "event_data": {"event_type": "bench", "trace_id": f"b-{i}"}}, timeout=5)
+                response = bucket.post(
+                    f"{stack.bucket_url}/core/write-event",
+                    json={
+                        "requester_id": "workflow_executor",
+                        "event_data": {"event_type": "bench", "trace_id": f"b-{i}"},
+                    },
+                    timeout=5,
+                )
                 assert response.status_code == 201
             baseline = n / (time.perf_counter() - started)
         finally:
             stack.stop()
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"execute -> event in Bucket          : p50 {_pct(to_bucket, 0.5):.0f} ms  p99 {_pct(to_bucket, 0.99):.0f} ms")
-    print(f"execute -> Bucket -> Karma updated  : p50 {statistics.median(end_to_end) * 1000:.0f} ms  "
-          f"p99 {_pct(end_to_end, 0.99):.0f} ms  (n={n})")
+    print(
+        f"execute -> event in Bucket          : p50 {_pct(to_bucket, 0.5):.0f} ms  p99 {_pct(to_bucket, 0.99):.0f} ms"
+    )
+    print(
+        f"execute -> Bucket -> Karma updated  : p50 {statistics.median(end_to_end) * 1000:.0f} ms  "
+        f"p99 {_pct(end_to_end, 0.99):.0f} ms  (n={n})"
+    )
     print(f"baseline Bucket ingest over HTTP    : {baseline:6.0f} req/s")
     print(f"execute throughput (task, delivered): {throughput:6.0f} req/s  ratio {throughput / baseline:.2f}")
     return 0

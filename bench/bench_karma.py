@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
-
 from tests.e2e.stack import start_stack  # noqa: E402
 
 
@@ -37,14 +36,33 @@ def _records(count: int) -> list[dict[str, Any]]:
     t0 = datetime(2026, 11, 29, tzinfo=UTC)
     records = []
     for i in range(count):
-        data = {"event_type": "workflow_execution", "trace_id": f"b{i}", "user_id": f"user{i % 200}",
-                "action_type": "task", "status": "success" if i % 5 else "failed", "execution_result": {}}
+        data = {
+            "event_type": "workflow_execution",
+            "trace_id": f"b{i}",
+            "user_id": f"user{i % 200}",
+            "action_type": "task",
+            "status": "success" if i % 5 else "failed",
+            "execution_result": {},
+        }
         item = to_item(build_event(data, "workflow_executor", f"b{i:06d}", t0 + timedelta(milliseconds=i)))
-        records.append({"eventID": str(i), "eventName": "INSERT", "eventVersion": "1.1", "eventSource": "aws:dynamodb",
-                        "awsRegion": "us-east-1", "eventSourceARN": "arn:aws:dynamodb:us-east-1:1:table/EventsTable/stream/x",
-                        "dynamodb": {"ApproximateCreationDateTime": 1.8e9, "Keys": {"event_id": item["event_id"]},
-                                     "NewImage": item, "SequenceNumber": f"{i:021d}", "SizeBytes": 500,
-                                     "StreamViewType": "NEW_IMAGE"}})
+        records.append(
+            {
+                "eventID": str(i),
+                "eventName": "INSERT",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:1:table/EventsTable/stream/x",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1.8e9,
+                    "Keys": {"event_id": item["event_id"]},
+                    "NewImage": item,
+                    "SequenceNumber": f"{i:021d}",
+                    "SizeBytes": 500,
+                    "StreamViewType": "NEW_IMAGE",
+                },
+            }
+        )
     return records
 
 
@@ -54,8 +72,12 @@ def consumer_throughput(count: int) -> tuple[float, float]:
 
     from bhiv.local import moto_patch, server, template
 
-    os.environ.update(AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b",
-                      AWS_ACCOUNT_ID_ENDPOINT_MODE="disabled")
+    os.environ.update(
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="b",
+        AWS_SECRET_ACCESS_KEY="b",
+        AWS_ACCOUNT_ID_ENDPOINT_MODE="disabled",
+    )
     with mock_aws():
         moto_patch.install()
         client = boto3.client("dynamodb")
@@ -65,13 +87,14 @@ def consumer_throughput(count: int) -> tuple[float, float]:
         records = _records(count)
         started = time.perf_counter()
         for start in range(0, count, 100):
-            result = handler({"Records": records[start: start + 100]}, None)
+            result = handler({"Records": records[start : start + 100]}, None)
             assert not result["batchItemFailures"], result
         applied = count / (time.perf_counter() - started)
         started = time.perf_counter()
         for i in range(count):
-            client.put_item(TableName="KarmaTable", Item={"pk": {"S": f"bench{i}"}, "sk": {"S": "x"},
-                                                           "v": {"S": "y" * 300}})
+            client.put_item(
+                TableName="KarmaTable", Item={"pk": {"S": f"bench{i}"}, "sk": {"S": "x"}, "v": {"S": "y" * 300}}
+            )
         baseline = count / (time.perf_counter() - started)
     return applied, baseline
 
@@ -87,11 +110,21 @@ def stream_latency(samples: int) -> list[float]:
             reader.headers.update(stack.auth("bhiv_reader"))
             for i in range(samples):
                 user = f"lat-{uuid.uuid4().hex[:10]}"
-                response = writer.post(f"{stack.bucket_url}/core/write-event", json={
-                    "requester_id": "workflow_executor",
-                    "event_data": {"event_type": "workflow_execution", "trace_id": f"lat{i}", "user_id": user,
-                                   "action_type": "task", "status": "success", "execution_result": {}},
-                }, timeout=5)
+                response = writer.post(
+                    f"{stack.bucket_url}/core/write-event",
+                    json={
+                        "requester_id": "workflow_executor",
+                        "event_data": {
+                            "event_type": "workflow_execution",
+                            "trace_id": f"lat{i}",
+                            "user_id": user,
+                            "action_type": "task",
+                            "status": "success",
+                            "execution_result": {},
+                        },
+                    },
+                    timeout=5,
+                )
                 acknowledged = time.perf_counter()
                 assert response.status_code == 201
                 while reader.get(f"{stack.karma_url}/api/v1/karma/{user}", timeout=5).status_code != 200:
@@ -115,8 +148,10 @@ def main() -> int:
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"baseline moto put_item (in-process)     : {baseline:8.0f} ops/s")
-    print(f"karma consumer, batches of 100          : {applied:8.0f} events/s  ratio {applied / baseline:.2f}"
-          f"  (n={args.events})")
+    print(
+        f"karma consumer, batches of 100          : {applied:8.0f} events/s  ratio {applied / baseline:.2f}"
+        f"  (n={args.events})"
+    )
     print(f"stream latency, write ack -> karma state: p50 {p50:.0f} ms  p99 {p99:.0f} ms  (n={len(latencies)})")
     return 0
 

@@ -19,7 +19,7 @@ class FakeBucket:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _send(self, status: int, body: dict[str, Any]) -> None:
@@ -30,10 +30,10 @@ class FakeBucket:
                 self.end_headers()
                 self.wfile.write(raw)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._send(200, {"status": "healthy"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if fake.mode == "hang":
                     time.sleep(3)
@@ -45,8 +45,9 @@ class FakeBucket:
                     return self._send(500, {"success": False, "error": {"code": "internal", "message": "boom"}})
                 duplicate = body["event_id"] in fake.stored
                 fake.stored.setdefault(body["event_id"], body)
-                return self._send(200 if duplicate else 201, {"success": True, "event_id": body["event_id"],
-                                                              "duplicate": duplicate})
+                return self._send(
+                    200 if duplicate else 201, {"success": True, "event_id": body["event_id"], "duplicate": duplicate}
+                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

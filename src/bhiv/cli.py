@@ -34,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--bucket-port", type=int, default=8001)
     up.add_argument("--karma-port", type=int, default=8000)
     up.add_argument("--executor-port", type=int, default=8003)
-    up.add_argument("--executor-bucket-url", default=None,
-                    help="send the Executor's events to this Bucket URL instead of the stack's own (testing)")
+    up.add_argument(
+        "--executor-bucket-url",
+        default=None,
+        help="send the Executor's events to this Bucket URL instead of the stack's own (testing)",
+    )
     up.add_argument(
         "--moto-port",
         type=int,
@@ -45,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-auth", action="store_true", help="accept requests without tokens (loopback only; for legacy clients)"
     )
-    up.add_argument("--ephemeral", action="store_true",
-                    help="keep state in memory only (no journal): everything is gone at stop")
+    up.add_argument(
+        "--ephemeral", action="store_true", help="keep state in memory only (no journal): everything is gone at stop"
+    )
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 
     dlq = sub.add_parser("dlq", help="records that exhausted their stream retries")
@@ -62,16 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("user_id")
     rebuild = karma_sub.add_parser("rebuild", help="recompute users and the Q-table from the Bucket's event log")
     _state_dir_arg(rebuild)
-    rebuild.add_argument("--write", action="store_true",
-                         help="replace the live state with the rebuilt one (stop writers first); default: compare")
+    rebuild.add_argument(
+        "--write",
+        action="store_true",
+        help="replace the live state with the rebuilt one (stop writers first); default: compare",
+    )
 
     diag = sub.add_parser("diagnose", help="follow a fresh workflow through executor, bucket, stream and karma")
     _state_dir_arg(diag)
     diag.add_argument("--executor-url", help="default: the local stack's (from <state-dir>/stack.json)")
     diag.add_argument("--bucket-url")
     diag.add_argument("--karma-url")
-    diag.add_argument("--token", help="a token with workflows:execute, events:read, karma:read "
-                                      "(default: bhiv_core's from <state-dir>/credentials.json)")
+    diag.add_argument(
+        "--token",
+        help="a token with workflows:execute, events:read, karma:read "
+        "(default: bhiv_core's from <state-dir>/credentials.json)",
+    )
     diag.add_argument("--timeout", type=float, default=10.0, help="seconds to wait at each hop")
 
     outbox = sub.add_parser("outbox", help="workflow events waiting for delivery to the Bucket")
@@ -164,8 +174,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  {name:<10} {url}")
     print(f"  state dir  {stack.state_dir}")
     if config.durable:
-        print(f"  restored   {stack.durable.loaded_items} items from the snapshot + {stack.durable.replayed} "
-              f"journal writes in {stack.restore_seconds:.2f} s (generation {stack.durable.generation})")
+        print(
+            f"  restored   {stack.durable.loaded_items} items from the snapshot + {stack.durable.replayed} "
+            f"journal writes in {stack.restore_seconds:.2f} s (generation {stack.durable.generation})"
+        )
     else:
         print("  state      in memory only (--ephemeral): everything is gone at stop")
     print(f"  tokens     {stack.credentials_path}  (Authorization: Bearer <token>)")
@@ -193,8 +205,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
                 print("[demo] 5. bhiv diagnose: a fresh workflow through every hop\n", flush=True)
                 token = json.loads(stack.credentials_path.read_text(encoding="utf-8"))["bhiv_core"]
-                code = diagnose.main(diagnose.Targets(stack.urls["executor"], stack.urls["bucket"],
-                                                      stack.urls["karma"], token if config.auth else None))
+                code = diagnose.main(
+                    diagnose.Targets(
+                        stack.urls["executor"],
+                        stack.urls["bucket"],
+                        stack.urls["karma"],
+                        token if config.auth else None,
+                    )
+                )
                 print("\nThe stack keeps running; press Ctrl-C to stop.", flush=True)
         while not stop.wait(0.5):
             pass
@@ -224,11 +242,22 @@ def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
     tokens = json.loads(credentials_path.read_text(encoding="utf-8"))
     trace_id = f"demo_{int(time.time() * 1000)}"
     user_id = f"demo_user_{trace_id[-6:]}"
-    event = {"event_type": "workflow_execution", "trace_id": trace_id, "user_id": user_id, "action_type": "task",
-             "status": "success", "execution_result": {"task": "created"}, "duration_ms": 12}
+    event = {
+        "event_type": "workflow_execution",
+        "trace_id": trace_id,
+        "user_id": user_id,
+        "action_type": "task",
+        "status": "success",
+        "execution_result": {"task": "created"},
+        "duration_ms": 12,
+    }
     print(f"\n[demo] 1. POST {bucket}/core/write-event  (trace_id={trace_id})")
-    status, body = _request("POST", f"{bucket}/core/write-event", tokens["workflow_executor"],
-                            {"requester_id": "workflow_executor", "event_data": event})
+    status, body = _request(
+        "POST",
+        f"{bucket}/core/write-event",
+        tokens["workflow_executor"],
+        {"requester_id": "workflow_executor", "event_data": event},
+    )
     print(f"[demo]    -> {status} {json.dumps(body)}")
     if status != 201:
         print("[demo] FAILED at the Bucket: the event was not stored", file=sys.stderr)
@@ -250,8 +279,10 @@ def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
         return 1
     waited = (time.monotonic() - started) * 1000
     print(f"[demo] 3. GET {karma}/api/v1/karma/{user_id} -> 200 after {waited:.0f} ms (delivered by the stream):")
-    print(f"[demo]    role {user['role']}, balances {user['balances']}, "
-          f"workflow_success x{user['action_stats'].get('workflow_success', 0)}")
+    print(
+        f"[demo]    role {user['role']}, balances {user['balances']}, "
+        f"workflow_success x{user['action_stats'].get('workflow_success', 0)}"
+    )
     received = 0
     while time.monotonic() < deadline and received < 1:
         _, stats = _request("GET", f"{bucket}/core/stats", tokens["bhiv_core"])

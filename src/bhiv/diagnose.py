@@ -50,8 +50,9 @@ def _call(method: str, url: str, token: str | None, body: Any = None, timeout: f
         return 0, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
 
 
-def _poll(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float, label: str,
-          out: Callable[[str], None]) -> Any:
+def _poll(
+    fetch: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float, label: str, out: Callable[[str], None]
+) -> Any:
     deadline = time.monotonic() + timeout_s
     attempt = 0
     result = fetch()
@@ -69,8 +70,11 @@ def _poll(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout_s: floa
 def run(targets: Targets, out: Callable[[str], None] = print) -> dict[str, Any]:
     t = targets
     out("[Step 1] Checking services...")
-    for hop, url in (("executor", f"{t.executor}/healthz"), ("bucket", f"{t.bucket}/health"),
-                     ("karma", f"{t.karma}/health")):
+    for hop, url in (
+        ("executor", f"{t.executor}/healthz"),
+        ("bucket", f"{t.bucket}/health"),
+        ("karma", f"{t.karma}/health"),
+    ):
         status, body = _call("GET", url, None, timeout=5)
         if status != 200:
             raise HopFailed(hop, f"{url} answered {status or 'nothing'}", body)
@@ -86,37 +90,62 @@ def run(targets: Targets, out: Callable[[str], None] = print) -> dict[str, Any]:
     trace_id = f"diagnostic_{int(time.time() * 1000)}"
     user_id = f"diag_user_{trace_id[-8:]}"
     out("[Step 3] Executing workflow...")
-    status, result = _call("POST", f"{t.executor}/api/workflow/execute", t.token, {
-        "trace_id": trace_id, "decision": "workflow",
-        "data": {"workflow_type": "workflow", "payload": {
-            "trace_id": trace_id, "action_type": "task", "user_id": user_id,
-            "title": "bhiv diagnose", "description": "created by bhiv diagnose"}},
-    })
+    status, result = _call(
+        "POST",
+        f"{t.executor}/api/workflow/execute",
+        t.token,
+        {
+            "trace_id": trace_id,
+            "decision": "workflow",
+            "data": {
+                "workflow_type": "workflow",
+                "payload": {
+                    "trace_id": trace_id,
+                    "action_type": "task",
+                    "user_id": user_id,
+                    "title": "bhiv diagnose",
+                    "description": "created by bhiv diagnose",
+                },
+            },
+        },
+    )
     if status != 200 or not isinstance(result, dict) or result.get("status") != "success":
         raise HopFailed("executor", f"execute answered {status}", result)
-    out(f"OK workflow executed   trace_id {trace_id}   status {result['status']}   "
-        f"delivery {result.get('delivery_state')}")
+    out(
+        f"OK workflow executed   trace_id {trace_id}   status {result['status']}   "
+        f"delivery {result.get('delivery_state')}"
+    )
     if result.get("delivery_state") == "rejected":
         raise HopFailed("delivery", "the Bucket rejected the workflow event", result.get("delivery"))
 
     out("[Step 4] Waiting for the event to reach the Bucket...")
     query = urllib.parse.urlencode({"trace_id": trace_id})
-    status, found = _poll(lambda: _call("GET", f"{t.bucket}/core/events?{query}", t.token),
-                          lambda r: r[0] == 200 and r[1].get("count", 0) >= 1, t.timeout_s, "Checking", out)
+    status, found = _poll(
+        lambda: _call("GET", f"{t.bucket}/core/events?{query}", t.token),
+        lambda r: r[0] == 200 and r[1].get("count", 0) >= 1,
+        t.timeout_s,
+        "Checking",
+        out,
+    )
     if status != 200 or found.get("count", 0) < 1:
         _, execution = _call("GET", f"{t.executor}/api/workflow/executions/{trace_id}", t.token)
         hop = "delivery" if isinstance(execution, dict) and execution.get("delivery_state") != "delivered" else "bucket"
-        raise HopFailed(hop, f"no event with trace_id {trace_id} in the Bucket after {t.timeout_s:.0f} s",
-                        execution)
+        raise HopFailed(hop, f"no event with trace_id {trace_id} in the Bucket after {t.timeout_s:.0f} s", execution)
     event = found["events"][0]
     out(f"OK event reached the Bucket: {event['event_id']} (exactly {found['count']} with this trace id)")
     if found["count"] != 1:
-        raise HopFailed("bucket", f"{found['count']} events carry trace_id {trace_id}; expected exactly one",
-                        found["events"])
+        raise HopFailed(
+            "bucket", f"{found['count']} events carry trace_id {trace_id}; expected exactly one", found["events"]
+        )
 
     out("[Step 5] Waiting for Karma to apply it (through the events stream)...")
-    status, karma = _poll(lambda: _call("GET", f"{t.karma}/api/v1/karma/{user_id}", t.token),
-                          lambda r: r[0] == 200, t.timeout_s, "Checking", out)
+    status, karma = _poll(
+        lambda: _call("GET", f"{t.karma}/api/v1/karma/{user_id}", t.token),
+        lambda r: r[0] == 200,
+        t.timeout_s,
+        "Checking",
+        out,
+    )
     if status != 200:
         _, stats = _call("GET", f"{t.karma}/v1/stats/system", t.token)
         hop = "karma" if isinstance(stats, dict) and stats.get("events", {}).get("failed") else "stream"

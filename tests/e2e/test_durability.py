@@ -22,10 +22,20 @@ def _writer(stack: RunningStack, user: str, acknowledged: list[str], stop: threa
     while not stop.is_set():
         event_id = f"dur-{user}-{i:05d}"
         try:
-            response = session.post(f"{stack.bucket_url}/core/write-event", json={
-                "requester_id": "workflow_executor", "event_id": event_id,
-                "event_data": {"event_type": "life_event", "user_id": user, "action": "completing_lessons",
-                               "role": "learner"}}, timeout=2)
+            response = session.post(
+                f"{stack.bucket_url}/core/write-event",
+                json={
+                    "requester_id": "workflow_executor",
+                    "event_id": event_id,
+                    "event_data": {
+                        "event_type": "life_event",
+                        "user_id": user,
+                        "action": "completing_lessons",
+                        "role": "learner",
+                    },
+                },
+                timeout=2,
+            )
         except requests.RequestException:
             return  # the stack is gone
         if response.status_code == 201:
@@ -44,8 +54,9 @@ def _stored_ids(stack: RunningStack, user: str) -> list[str]:
     cursor = None
     while True:
         params = {"user_id": user, "limit": "1000", **({"cursor": cursor} if cursor else {})}
-        page = requests.get(f"{stack.bucket_url}/core/events", params=params, headers=stack.auth("bhiv_reader"),
-                            timeout=10).json()
+        page = requests.get(
+            f"{stack.bucket_url}/core/events", params=params, headers=stack.auth("bhiv_reader"), timeout=10
+        ).json()
         ids += [e["event_id"] for e in page["events"]]
         cursor = page["next_cursor"]
         if not cursor:
@@ -71,8 +82,9 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged_and_applies_nothing_twice
         stored = _stored_ids(restarted, user)
         assert len(stored) == len(set(stored))  # no duplicates ...
         assert set(acknowledged) <= set(stored)  # ... and every acknowledged one is there
-        applied = poll_until(lambda: _karma(restarted, user), lambda k: k.get("events_applied") == len(stored),
-                             timeout=30)
+        applied = poll_until(
+            lambda: _karma(restarted, user), lambda k: k.get("events_applied") == len(stored), timeout=30
+        )
         assert applied["balances"] == {"DharmaPoints": 5 * len(stored), "SevaPoints": 0, "PunyaTokens": 0}
         assert count >= 150
     finally:

@@ -20,16 +20,25 @@ pytestmark = pytest.mark.e2e
 
 
 def _execute(stack: RunningStack, trace_id: str, user_id: str, title: str = "task") -> requests.Response:
-    return requests.post(f"{stack.executor_url}/api/workflow/execute", headers=stack.auth("bhiv_core"), json={
-        "trace_id": trace_id, "decision": "workflow",
-        "data": {"workflow_type": "workflow",
-                 "payload": {"trace_id": trace_id, "action_type": "task", "user_id": user_id, "title": title}},
-    }, timeout=30)
+    return requests.post(
+        f"{stack.executor_url}/api/workflow/execute",
+        headers=stack.auth("bhiv_core"),
+        json={
+            "trace_id": trace_id,
+            "decision": "workflow",
+            "data": {
+                "workflow_type": "workflow",
+                "payload": {"trace_id": trace_id, "action_type": "task", "user_id": user_id, "title": title},
+            },
+        },
+        timeout=30,
+    )
 
 
 def _events_for(stack: RunningStack, trace_id: str) -> list[dict[str, Any]]:
-    response = requests.get(f"{stack.bucket_url}/core/events", params={"trace_id": trace_id},
-                            headers=stack.auth("bhiv_core"), timeout=5)
+    response = requests.get(
+        f"{stack.bucket_url}/core/events", params={"trace_id": trace_id}, headers=stack.auth("bhiv_core"), timeout=5
+    )
     assert response.status_code == 200
     events: list[dict[str, Any]] = response.json()["events"]
     return events
@@ -43,8 +52,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 def test_bhiv_diagnose_follows_a_workflow_through_every_hop(stack: RunningStack) -> None:
-    result = subprocess.run([str(BHIV), "diagnose", "--state-dir", str(stack.state_dir)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [str(BHIV), "diagnose", "--state-dir", str(stack.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout and '"event_type": "workflow_execution"' in result.stdout
 
@@ -58,8 +72,12 @@ def test_execute_is_idempotent_by_trace_id(stack: RunningStack) -> None:
     assert again.json()["execution_result"] == first.json()["execution_result"]
     assert _execute(stack, trace, "u-idem", title="different").status_code == 409
     poll_until(lambda: _events_for(stack, trace), lambda events: len(events) == 1, timeout=5)
-    skipped = requests.post(f"{stack.executor_url}/api/workflow/execute", headers=stack.auth("bhiv_core"),
-                            json={"trace_id": f"s-{trace}", "decision": "respond"}, timeout=5)
+    skipped = requests.post(
+        f"{stack.executor_url}/api/workflow/execute",
+        headers=stack.auth("bhiv_core"),
+        json={"trace_id": f"s-{trace}", "decision": "respond"},
+        timeout=5,
+    )
     assert skipped.json()["status"] == "skipped" and not _events_for(stack, f"s-{trace}")
 
 
@@ -80,8 +98,11 @@ def test_bucket_down_while_50_workflows_run_then_back_all_arrive_once(tmp_path: 
             poll_until(lambda t=trace: _events_for(stack, t), lambda events: len(events) >= 1, timeout=60)
         assert all(len(_events_for(stack, trace)) == 1 for trace in traces)
         health = requests.get(f"{stack.executor_url}/healthz", timeout=5).json()
-        poll_until(lambda: requests.get(f"{stack.executor_url}/healthz", timeout=5).json()["outbox"]["queued"],
-                   lambda n: n == 0, timeout=10)
+        poll_until(
+            lambda: requests.get(f"{stack.executor_url}/healthz", timeout=5).json()["outbox"]["queued"],
+            lambda n: n == 0,
+            timeout=10,
+        )
         assert health["service"] == "workflow-executor"
     finally:
         proxy.down()
@@ -110,21 +131,45 @@ def test_logs_of_one_trace_span_the_three_services_and_status_reports(stack: Run
     trace = f"logs-{uuid.uuid4().hex[:8]}"
     user = f"u-{trace}"
     assert _execute(stack, trace, user).status_code == 200
-    poll_until(lambda: requests.get(f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"),
-                                    timeout=5).status_code, lambda s: s == 200, timeout=5)
+    poll_until(
+        lambda: (
+            requests.get(
+                f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"), timeout=5
+            ).status_code
+        ),
+        lambda s: s == 200,
+        timeout=5,
+    )
     result = poll_until(
-        lambda: subprocess.run([str(BHIV), "logs", trace, "--state-dir", str(stack.state_dir)], capture_output=True,
-                               text=True, timeout=30, check=False),
-        lambda r: "Karma applied event" in r.stdout, timeout=5)
+        lambda: subprocess.run(
+            [str(BHIV), "logs", trace, "--state-dir", str(stack.state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ),
+        lambda r: "Karma applied event" in r.stdout,
+        timeout=5,
+    )
     lines = result.stdout.splitlines()
     services = {line.split()[1] for line in lines}
     assert {"executor", "bucket", "karma"} <= services
-    messages = [line for line in lines if "Sending workflow event to Bucket" in line
-                or "Workflow event logged to Bucket" in line or "Received event from workflow_executor" in line]
+    messages = [
+        line
+        for line in lines
+        if "Sending workflow event to Bucket" in line
+        or "Workflow event logged to Bucket" in line
+        or "Received event from workflow_executor" in line
+    ]
     assert len(messages) == 3
     assert lines == sorted(lines, key=lambda line: line.split()[0])  # time order
-    status = subprocess.run([str(BHIV), "status", "--state-dir", str(stack.state_dir)], capture_output=True,
-                            text=True, timeout=30, check=False)
+    status = subprocess.run(
+        [str(BHIV), "status", "--state-dir", str(stack.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert status.returncode == 0, status.stdout + status.stderr
     for fragment in ("bucket    up", "executor  up", "karma     up", "outbox depth", "DLQ depth", "lag:"):
         assert fragment in status.stdout

@@ -35,11 +35,23 @@ def test_bucket_event_reaches_user_karma_and_q_table(stack: RunningStack) -> Non
     user = f"user-{uuid.uuid4().hex[:8]}"
     assert _karma(stack, user).status_code == 404
     updates_before = _qtable(stack)["updates"]
-    write = requests.post(f"{stack.bucket_url}/core/write-event", headers=stack.auth("workflow_executor"), json={
-        "requester_id": "workflow_executor",
-        "event_data": {"event_type": "workflow_execution", "trace_id": f"t-{user}", "user_id": user,
-                       "action_type": "task", "status": "success", "execution_result": {}, "duration_ms": 3},
-    }, timeout=5)
+    write = requests.post(
+        f"{stack.bucket_url}/core/write-event",
+        headers=stack.auth("workflow_executor"),
+        json={
+            "requester_id": "workflow_executor",
+            "event_data": {
+                "event_type": "workflow_execution",
+                "trace_id": f"t-{user}",
+                "user_id": user,
+                "action_type": "task",
+                "status": "success",
+                "execution_result": {},
+                "duration_ms": 3,
+            },
+        },
+        timeout=5,
+    )
     assert write.status_code == 201
     karma = poll_until(lambda: _karma(stack, user), lambda r: r.status_code == 200, timeout=2).json()
     assert karma["role"] == "learner"
@@ -48,8 +60,9 @@ def test_bucket_event_reaches_user_karma_and_q_table(stack: RunningStack) -> Non
     qtable = poll_until(lambda: _qtable(stack), lambda q: q["updates"] == updates_before + 1, timeout=2)  # type: ignore[operator]
     states, actions = qtable["states"], qtable["actions"]
     assert qtable["values"][states.index("learner")][actions.index("workflow_success")] > 0  # type: ignore[index, union-attr]
-    history = requests.get(f"{stack.karma_url}/api/v1/karma/{user}/history", headers=stack.auth("bhiv_reader"),
-                           timeout=5).json()
+    history = requests.get(
+        f"{stack.karma_url}/api/v1/karma/{user}/history", headers=stack.auth("bhiv_reader"), timeout=5
+    ).json()
     assert [e["event_id"] for e in history["events"]] == [write.json()["event_id"]]
 
 
@@ -66,10 +79,16 @@ def test_direct_event_is_logged_in_the_bucket_and_applied_from_the_stream(stack:
 
 
 def test_unknown_action_or_role_is_422_and_records_nothing(stack: RunningStack) -> None:
-    for data in ({"user_id": "x", "action": "teleport", "role": "learner"},
-                 {"user_id": "x", "action": "cheat", "role": "wizard"}):
-        response = requests.post(f"{stack.karma_url}/v1/event/", json={"type": "life_event", "data": data},
-                                 headers=stack.auth("bhiv_core"), timeout=5)
+    for data in (
+        {"user_id": "x", "action": "teleport", "role": "learner"},
+        {"user_id": "x", "action": "cheat", "role": "wizard"},
+    ):
+        response = requests.post(
+            f"{stack.karma_url}/v1/event/",
+            json={"type": "life_event", "data": data},
+            headers=stack.auth("bhiv_core"),
+            timeout=5,
+        )
         assert response.status_code == 422
         assert response.json()["error"]["field"] in ("data.action", "data.role")
     assert _karma(stack, "x").status_code == 404

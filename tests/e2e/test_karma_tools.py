@@ -22,21 +22,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 def _bhiv(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BHIV), *args, "--state-dir", str(stack.state_dir)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [str(BHIV), *args, "--state-dir", str(stack.state_dir)], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def _write(stack: RunningStack, event_data: dict[str, object]) -> str:
-    response = requests.post(f"{stack.bucket_url}/core/write-event", headers=stack.auth("bhiv_core"),
-                             json={"requester_id": "bhiv_core", "event_data": event_data}, timeout=5)
+    response = requests.post(
+        f"{stack.bucket_url}/core/write-event",
+        headers=stack.auth("bhiv_core"),
+        json={"requester_id": "bhiv_core", "event_data": event_data},
+        timeout=5,
+    )
     assert response.status_code == 201, response.text
     event_id: str = response.json()["event_id"]
     return event_id
 
 
 def _karma_status(stack: RunningStack, user: str) -> int:
-    return requests.get(f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"),
-                        timeout=5).status_code
+    return requests.get(
+        f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"), timeout=5
+    ).status_code
 
 
 def test_poison_event_goes_to_the_dlq_without_blocking_later_events(stack: RunningStack) -> None:
@@ -57,10 +63,26 @@ def test_rebuild_from_the_log_equals_live_state_and_show_prints_the_grid(stack: 
     user = f"r-{uuid.uuid4().hex[:6]}"
     for action in ("completing_lessons", "cheat", "selfless_service", "helping_peers", "cheat"):
         _write(stack, {"event_type": "life_event", "user_id": user, "action": action, "role": "learner"})
-    _write(stack, {"event_type": "workflow_execution", "trace_id": f"t-{user}", "user_id": user,
-                   "action_type": "task", "status": "failed", "execution_result": {}})
-    poll_until(lambda: requests.get(f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"),
-                                    timeout=5).json().get("events_applied"), lambda n: n == 6, timeout=10)
+    _write(
+        stack,
+        {
+            "event_type": "workflow_execution",
+            "trace_id": f"t-{user}",
+            "user_id": user,
+            "action_type": "task",
+            "status": "failed",
+            "execution_result": {},
+        },
+    )
+    poll_until(
+        lambda: (
+            requests.get(f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"), timeout=5)
+            .json()
+            .get("events_applied")
+        ),
+        lambda n: n == 6,
+        timeout=10,
+    )
     rebuild = _bhiv(stack, "karma", "rebuild")
     assert rebuild.returncode == 0, rebuild.stdout + rebuild.stderr
     assert "users differing from live state: 0; Q-table equal: True" in rebuild.stdout

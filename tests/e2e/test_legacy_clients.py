@@ -26,9 +26,12 @@ def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 def test_check_4_manual_write_answers_event_received(legacy: RunningStack) -> None:
-    response = requests.post(f"{legacy.bucket_url}/core/write-event", headers={"Content-Type": "application/json"},
-                             json={"requester_id": "workflow_executor",
-                                   "event_data": {"event_type": "test", "message": "manual test"}}, timeout=5)
+    response = requests.post(
+        f"{legacy.bucket_url}/core/write-event",
+        headers={"Content-Type": "application/json"},
+        json={"requester_id": "workflow_executor", "event_data": {"event_type": "test", "message": "manual test"}},
+        timeout=5,
+    )
     assert response.status_code in (200, 201)
     body = response.json()
     assert body["success"] is True and body["message"] == "Event received"
@@ -52,12 +55,24 @@ def test_the_original_diagnostic_flow_passes(legacy: RunningStack) -> None:
     # Step 3: execute
     trace_id = f"diagnostic_{int(time.time() * 1000)}"
     user_id = f"legacy_user_{trace_id[-6:]}"
-    response = requests.post(f"{legacy.executor_url}/api/workflow/execute", json={
-        "trace_id": trace_id, "decision": "workflow",
-        "data": {"workflow_type": "workflow", "payload": {
-            "trace_id": trace_id, "action_type": "task", "user_id": user_id, "title": "Diagnostic task",
-            "description": "legacy client"}},
-    }, timeout=30)
+    response = requests.post(
+        f"{legacy.executor_url}/api/workflow/execute",
+        json={
+            "trace_id": trace_id,
+            "decision": "workflow",
+            "data": {
+                "workflow_type": "workflow",
+                "payload": {
+                    "trace_id": trace_id,
+                    "action_type": "task",
+                    "user_id": user_id,
+                    "title": "Diagnostic task",
+                    "description": "legacy client",
+                },
+            },
+        },
+        timeout=30,
+    )
     assert response.status_code == 200
     result = response.json()
     assert result["status"] == "success" and result["trace_id"] == trace_id and "execution_result" in result
@@ -71,19 +86,30 @@ def test_the_original_diagnostic_flow_passes(legacy: RunningStack) -> None:
     stats = requests.get(f"{legacy.bucket_url}/core/stats", timeout=5).json()
     assert stats["stats"]["events_received"] > 0
     # and Karma learned from it
-    karma = poll_until(lambda: requests.get(f"{legacy.karma_url}/api/v1/karma/{user_id}", timeout=5),
-                       lambda r: r.status_code == 200, timeout=5)
+    karma = poll_until(
+        lambda: requests.get(f"{legacy.karma_url}/api/v1/karma/{user_id}", timeout=5),
+        lambda r: r.status_code == 200,
+        timeout=5,
+    )
     assert karma.json()["action_stats"] == {"workflow_success": 1}
     assert requests.get(f"{legacy.karma_url}/health", timeout=5).json()["status"] == "healthy"
 
 
 def test_original_direct_karma_event_shape(legacy: RunningStack) -> None:
-    response = requests.post(f"{legacy.karma_url}/v1/event/", json={
-        "type": "life_event", "data": {"user_id": "legacy_direct", "action": "solving_doubts", "role": "learner"}},
-        timeout=5)
+    response = requests.post(
+        f"{legacy.karma_url}/v1/event/",
+        json={
+            "type": "life_event",
+            "data": {"user_id": "legacy_direct", "action": "solving_doubts", "role": "learner"},
+        },
+        timeout=5,
+    )
     assert response.status_code == 202
-    bad = requests.post(f"{legacy.karma_url}/v1/event/", json={
-        "type": "life_event", "data": {"user_id": "legacy_direct", "action": "nap", "role": "learner"}}, timeout=5)
+    bad = requests.post(
+        f"{legacy.karma_url}/v1/event/",
+        json={"type": "life_event", "data": {"user_id": "legacy_direct", "action": "nap", "role": "learner"}},
+        timeout=5,
+    )
     assert bad.status_code == 422
 
 

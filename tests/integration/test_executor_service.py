@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from bhiv.errors import Conflict
 from bhiv.executor.delivery import BucketClient
 from bhiv.executor.service import ExecutorService
-from bhiv.errors import Conflict
 from bhiv.storage.executions import ExecutionStore
 from tests.fake_bucket import FakeBucket
 from tests.unit.test_executor_engine import Flaky
@@ -34,13 +34,22 @@ def bucket() -> Iterator[FakeBucket]:
 
 
 def _service(aws: dict[str, Any], bucket: FakeBucket, action: Flaky, log: Log, budget: float = 1.0) -> ExecutorService:
-    return ExecutorService(ExecutionStore(aws["dynamodb"], "ExecutionsTable"), BucketClient(bucket.url, "tok"),
-                           {"flaky": action}, log, delivery_budget_s=budget, sleep=lambda s: None)  # type: ignore[dict-item]
+    return ExecutorService(
+        ExecutionStore(aws["dynamodb"], "ExecutionsTable"),
+        BucketClient(bucket.url, "tok"),
+        {"flaky": action},
+        log,
+        delivery_budget_s=budget,
+        sleep=lambda s: None,
+    )  # type: ignore[dict-item]
 
 
 def _body(trace: str = "t-1", title: str = "x") -> dict[str, Any]:
-    return {"trace_id": trace, "decision": "workflow",
-            "data": {"workflow_type": "workflow", "payload": {"action_type": "flaky", "title": title, "user_id": "u"}}}
+    return {
+        "trace_id": trace,
+        "decision": "workflow",
+        "data": {"workflow_type": "workflow", "payload": {"action_type": "flaky", "title": title, "user_id": "u"}},
+    }
 
 
 def test_execute_delivers_one_event_and_a_replay_runs_nothing(aws: dict[str, Any], bucket: FakeBucket) -> None:

@@ -38,8 +38,14 @@ def _events(count: int, users: int = 5, start: int = 0) -> list[StoredEvent]:
     out = []
     for i in range(start, start + count):
         data = {**kinds[i % len(kinds)], "user_id": f"user{i % users}"}
-        out.append(StoredEvent(f"e{i:05d}", data["event_type"], f"2026-11-{1 + i // 1000:02d}T00:{(i // 60) % 60:02d}:"
-                               f"{i % 60:02d}.{i:06d}Z", data))
+        out.append(
+            StoredEvent(
+                f"e{i:05d}",
+                data["event_type"],
+                f"2026-11-{1 + i // 1000:02d}T00:{(i // 60) % 60:02d}:{i % 60:02d}.{i:06d}Z",
+                data,
+            )
+        )
     return out
 
 
@@ -51,7 +57,8 @@ def store(aws: dict[str, Any]) -> KarmaStore:
 def _snapshot(store: KarmaStore, user_ids: list[str]) -> tuple[dict[str, UserState], Any]:
     users = store.users(user_ids)
     return {u: (s.role, s.balances, s.action_stats, s.events_applied) for u, s in users.items()}, (  # type: ignore[misc]
-        store.qtable(P.version))
+        store.qtable(P.version)
+    )
 
 
 def test_redelivered_events_change_nothing(store: KarmaStore) -> None:
@@ -77,7 +84,12 @@ def test_live_state_equals_rebuild_from_the_log(store: KarmaStore) -> None:
     for user_id, expected in rebuilt.users.items():
         live = live_users[user_id]
         assert (live.role, live.balances, live.action_stats, live.cheat_times, live.events_applied) == (
-            expected.role, expected.balances, expected.action_stats, expected.cheat_times, expected.events_applied)
+            expected.role,
+            expected.balances,
+            expected.action_stats,
+            expected.cheat_times,
+            expected.events_applied,
+        )
     live_q = store.qtable(P.version)
     assert live_q is not None and rebuilt.qtable is not None
     assert live_q.values == rebuilt.qtable.values  # exact: floats round-trip through storage
@@ -85,8 +97,12 @@ def test_live_state_equals_rebuild_from_the_log(store: KarmaStore) -> None:
 
 def test_poison_event_stops_the_batch_at_its_position(store: KarmaStore) -> None:
     events = _events(5)
-    poison = StoredEvent("poison", "life_event", "2026-11-01T00:00:09.000000Z",
-                         {"event_type": "life_event", "action": "teleport", "role": "learner", "user_id": "user1"})
+    poison = StoredEvent(
+        "poison",
+        "life_event",
+        "2026-11-01T00:00:09.000000Z",
+        {"event_type": "life_event", "action": "teleport", "role": "learner", "user_id": "user1"},
+    )
     consumer = KarmaConsumer(store, P, Log())
     with pytest.raises(EventRejected) as rejected:
         consumer.apply([*events[:3], poison, *events[3:]])
@@ -107,7 +123,7 @@ def test_two_consumers_racing_on_the_same_records_apply_each_once(store: KarmaSt
     def run() -> None:
         try:
             KarmaConsumer(store, P, Log()).apply(events)
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
@@ -124,7 +140,9 @@ def test_two_consumers_racing_on_the_same_records_apply_each_once(store: KarmaSt
 
 def test_consumers_racing_on_different_records_lose_no_update(store: KarmaStore) -> None:
     first, second = _events(60, users=2), _events(60, users=2, start=1000)
-    threads = [threading.Thread(target=KarmaConsumer(store, P, Log()).apply, args=(batch,)) for batch in (first, second)]
+    threads = [
+        threading.Thread(target=KarmaConsumer(store, P, Log()).apply, args=(batch,)) for batch in (first, second)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -150,8 +168,14 @@ def test_stream_handler_reports_failures_from_the_first_bad_record(aws: dict[str
     runtime.service.cache_clear()
     good = {"event_type": "life_event", "action": "helping_peers", "role": "learner", "user_id": "z"}
     bad = {**good, "action": "teleport"}
-    batch = {"Records": [record(1, good), record(2, bad), record(3, good | {"note": "x"}),
-                         {"eventName": "INSERT", "dynamodb": {"SequenceNumber": "4", "NewImage": {"junk": {"S": "1"}}}}]}
+    batch = {
+        "Records": [
+            record(1, good),
+            record(2, bad),
+            record(3, good | {"note": "x"}),
+            {"eventName": "INSERT", "dynamodb": {"SequenceNumber": "4", "NewImage": {"junk": {"S": "1"}}}},
+        ]
+    }
     response = runtime.handle_stream(batch, None)
     assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == ["2", "3", "4"]
     assert store.user("z").events_applied == 1  # type: ignore[union-attr]

@@ -6,12 +6,12 @@ from typing import Any, ClassVar
 
 import pytest
 
+from bhiv.contracts import event_type_errors
 from bhiv.errors import BadRequest, Unprocessable
 from bhiv.executor.actions.base import ActionContext, ActionFailed, FieldProblem
 from bhiv.executor.engine import run_plan
 from bhiv.executor.event import event_id_for, execution_result, workflow_event
 from bhiv.executor.plan import RetryPolicy, build_plan, skip_reason
-from bhiv.contracts import event_type_errors
 
 
 class Flaky:
@@ -57,8 +57,10 @@ def test_workflow_without_payload_is_400() -> None:
         ({"title": "x"}, "data.payload.action_type"),
         ({"action_type": "flaky"}, "data.payload.title"),
         ({"steps": [{"action_type": "flaky", "title": "a"}, {"action_type": "flaky"}]}, "data.payload.steps.1.title"),
-        ({"steps": [{"action_type": "flaky", "title": "a", "retry": {"max_attempts": 0}}]},
-         "data.payload.steps.0.retry.max_attempts"),
+        (
+            {"steps": [{"action_type": "flaky", "title": "a", "retry": {"max_attempts": 0}}]},
+            "data.payload.steps.0.retry.max_attempts",
+        ),
         ({"steps": []}, "data.payload.steps"),
     ],
 )
@@ -105,8 +107,10 @@ def test_exhausted_retries_fail_the_step_with_the_last_error() -> None:
 
 def test_the_event_satisfies_its_contract_and_its_id_follows_the_trace() -> None:
     action = Flaky()
-    for payload in ({"action_type": "flaky", "title": "x", "user_id": "u1"},
-                    {"steps": [{"action_type": "flaky", "title": "a"}], "user_id": "u2"}):
+    for payload in (
+        {"action_type": "flaky", "title": "x", "user_id": "u1"},
+        {"steps": [{"action_type": "flaky", "title": "a"}], "user_id": "u2"},
+    ):
         plan = build_plan(_body(payload), "t1", {"flaky": action})
         run = run_plan(plan, {"flaky": action}, sleep=lambda s: None)
         event = workflow_event(plan, run, execution_result(plan, run))

@@ -67,11 +67,14 @@ def test_derived_actions_have_documented_rewards() -> None:
 
 def test_event_mapping_is_declarative() -> None:
     assert P.map_event({"event_type": "workflow_execution", "status": "success", "user_id": "u1"}) == (
-        "u1", "workflow_success")
+        "u1",
+        "workflow_success",
+    )
     assert P.map_event({"event_type": "workflow_execution", "status": "failed", "user_id": "u1"}) == (
-        "u1", "workflow_failure")
-    assert P.map_event({"event_type": "agent_result", "outcome": "partial", "user_id": "u2"}) == (
-        "u2", "agent_partial")
+        "u1",
+        "workflow_failure",
+    )
+    assert P.map_event({"event_type": "agent_result", "outcome": "partial", "user_id": "u2"}) == ("u2", "agent_partial")
     assert P.map_event({"event_type": "rl_outcome", "outcome": "negative", "user_id": "u3"}) == ("u3", "rl_negative")
     assert P.map_event({"event_type": "life_event", "action": "cheat", "user_id": "u4"}) == ("u4", "cheat")
     assert P.map_event({"event_type": "workflow_execution", "status": "success"}) is None  # nobody to credit

@@ -24,8 +24,9 @@ class DeliveryOutcome:
 
 
 class BucketClient:
-    def __init__(self, base_url: str, token: str | None, *, connect_timeout: float = 0.25,
-                 read_timeout: float = 0.75) -> None:
+    def __init__(
+        self, base_url: str, token: str | None, *, connect_timeout: float = 0.25, read_timeout: float = 0.75
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
@@ -39,12 +40,18 @@ class BucketClient:
 
     def post_event(self, event_id: str, event_data: dict[str, Any], timeout: float | None = None) -> DeliveryOutcome:
         body = json.dumps({"requester_id": REQUESTER, "event_id": event_id, "event_data": event_data})
-        limit = self._timeout if timeout is None else urllib3.Timeout(
-            connect=min(timeout, self._timeout.connect_timeout or timeout),  # type: ignore[type-var]
-            read=timeout)
+        limit = (
+            self._timeout
+            if timeout is None
+            else urllib3.Timeout(
+                connect=min(timeout, self._timeout.connect_timeout or timeout),  # type: ignore[type-var]
+                read=timeout,
+            )
+        )
         try:
-            response = self._pool.request("POST", f"{self.base_url}/core/write-event", body=body,
-                                          headers=self._headers(), timeout=limit)
+            response = self._pool.request(
+                "POST", f"{self.base_url}/core/write-event", body=body, headers=self._headers(), timeout=limit
+            )
         except urllib3.exceptions.HTTPError as exc:
             return DeliveryOutcome("unreachable", reason=f"{type(exc).__name__}: {exc}"[:300], attempts=1)
         try:
@@ -79,8 +86,14 @@ def _reason(payload: Any) -> str | None:
     return None
 
 
-def deliver(client: BucketClient, event_id: str, event_data: dict[str, Any], budget_s: float,
-            sleep: Any = time.sleep, clock: Any = time.monotonic) -> DeliveryOutcome:
+def deliver(
+    client: BucketClient,
+    event_id: str,
+    event_data: dict[str, Any],
+    budget_s: float,
+    sleep: Any = time.sleep,
+    clock: Any = time.monotonic,
+) -> DeliveryOutcome:
     """Try until delivered, rejected, or the budget is spent (jittered exponential backoff)."""
     deadline = clock() + budget_s
     attempts = 0
@@ -94,7 +107,7 @@ def deliver(client: BucketClient, event_id: str, event_data: dict[str, Any], bud
         outcome = client.post_event(event_id, event_data, timeout=min(remaining, 0.75))
         if outcome.state != "unreachable":
             break
-        pause = random.uniform(0, delay)  # noqa: S311 - jitter, not crypto
+        pause = random.uniform(0, delay)
         if clock() + pause >= deadline:
             break
         sleep(pause)

@@ -22,9 +22,15 @@ class StepResult:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.index, "action_type": self.action_type, "status": self.status,
-                "attempts": self.attempts, "duration_ms": round(self.duration_ms, 3), "output": self.output,
-                "error": self.error}
+        return {
+            "step": self.index,
+            "action_type": self.action_type,
+            "status": self.status,
+            "attempts": self.attempts,
+            "duration_ms": round(self.duration_ms, 3),
+            "output": self.output,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -34,8 +40,9 @@ class RunResult:
     duration_ms: float = 0.0
 
 
-def run_step(step: Step, action: Action, plan: Plan, sleep: Callable[[float], None],
-             clock: Callable[[], float]) -> StepResult:
+def run_step(
+    step: Step, action: Action, plan: Plan, sleep: Callable[[float], None], clock: Callable[[], float]
+) -> StepResult:
     started = clock()
     result = StepResult(step.index, step.action_type, "failed")
     for attempt in range(1, step.retry.max_attempts + 1):
@@ -50,15 +57,19 @@ def run_step(step: Step, action: Action, plan: Plan, sleep: Callable[[float], No
             result.error = str(exc)
             if not exc.retryable:
                 break
-        except Exception as exc:  # noqa: BLE001 - an adapter bug is a failed step, never a 500
+        except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
             break
     result.duration_ms = (clock() - started) * 1000
     return result
 
 
-def run_plan(plan: Plan, registry: dict[str, Action], sleep: Callable[[float], None] = time.sleep,
-             clock: Callable[[], float] = time.perf_counter) -> RunResult:
+def run_plan(
+    plan: Plan,
+    registry: dict[str, Action],
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.perf_counter,
+) -> RunResult:
     started = clock()
     run = RunResult("success")
     for step in plan.steps:

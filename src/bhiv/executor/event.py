@@ -41,6 +41,8 @@ def workflow_event(plan: Plan, run: RunResult, result: dict[str, Any]) -> dict[s
         event["steps"] = [{"action_type": s.action_type, "status": s.status} for s in run.steps]
     if len(json.dumps(event).encode()) > MAX_EVENT_BYTES:
         # keep the facts, drop the bulky outputs: the full result stays in the execution record
-        event["execution_result"] = {"steps": [{k: v for k, v in s.items() if k != "output"}
-                                               for s in result["steps"]], "outputs_truncated": True}
+        event["execution_result"] = {
+            "steps": [{k: v for k, v in s.items() if k != "output"} for s in result["steps"]],
+            "outputs_truncated": True,
+        }
     return event

@@ -72,19 +72,25 @@ def _step(index: int, raw: Any, where: str, registry: dict[str, Action]) -> Step
         raise Unprocessable(f"'{where}' must be an object", field=where)
     action_type = raw.get("action_type")
     if not isinstance(action_type, str) or not action_type:
-        raise Unprocessable(f"'{where}.action_type' is required", field=f"{where}.action_type",
-                            known=sorted(registry))
+        raise Unprocessable(f"'{where}.action_type' is required", field=f"{where}.action_type", known=sorted(registry))
     action = registry.get(action_type)
     if action is None:
-        raise Unprocessable(f"Unknown action_type '{action_type}' (known: {', '.join(sorted(registry))})",
-                            code="unknown_action_type", field=f"{where}.action_type", known=sorted(registry))
+        raise Unprocessable(
+            f"Unknown action_type '{action_type}' (known: {', '.join(sorted(registry))})",
+            code="unknown_action_type",
+            field=f"{where}.action_type",
+            known=sorted(registry),
+        )
     fields = {k: v for k, v in raw.items() if k not in STEP_META}
     problems = action.validate(fields)
     if problems:
         errors = [{"field": f"{where}.{p.field}", "message": p.message} for p in problems]
-        raise Unprocessable(f"Invalid '{action_type}' step: " + "; ".join(f"{e['field']}: {e['message']}"
-                                                                            for e in errors),
-                            code="invalid_action_fields", field=errors[0]["field"], errors=errors)
+        raise Unprocessable(
+            f"Invalid '{action_type}' step: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+            code="invalid_action_fields",
+            field=errors[0]["field"],
+            errors=errors,
+        )
     return Step(index, action_type, fields, _retry(raw.get("retry"), f"{where}.retry"))
 
 
@@ -99,19 +105,24 @@ def build_plan(body: dict[str, Any], trace_id: str, registry: dict[str, Action])
     data = body.get("data")
     payload = data.get("payload") if isinstance(data, dict) else None
     if not isinstance(payload, dict) or not payload:
-        raise BadRequest("A 'workflow' decision needs data.payload with the action(s) to run",
-                         code="missing_workflow_payload", field="data.payload")
+        raise BadRequest(
+            "A 'workflow' decision needs data.payload with the action(s) to run",
+            code="missing_workflow_payload",
+            field="data.payload",
+        )
     user_id = payload.get("user_id")
     if user_id is not None and (not isinstance(user_id, str) or not 1 <= len(user_id) <= 256):
-        raise Unprocessable("'data.payload.user_id' must be a string of 1..256 characters",
-                            field="data.payload.user_id")
+        raise Unprocessable(
+            "'data.payload.user_id' must be a string of 1..256 characters", field="data.payload.user_id"
+        )
     if "steps" in payload:
         raw_steps = payload["steps"]
         if not isinstance(raw_steps, list) or not 1 <= len(raw_steps) <= 25:
             raise Unprocessable("'data.payload.steps' must be a list of 1..25 steps", field="data.payload.steps")
         if "action_type" in payload:
-            raise Unprocessable("Give either 'action_type' (one action) or 'steps', not both",
-                                field="data.payload.action_type")
+            raise Unprocessable(
+                "Give either 'action_type' (one action) or 'steps', not both", field="data.payload.action_type"
+            )
         steps = tuple(_step(i, raw, f"data.payload.steps.{i}", registry) for i, raw in enumerate(raw_steps))
         return Plan(trace_id, user_id, steps, single=False)
     single = {k: v for k, v in payload.items() if k != "user_id"}

@@ -41,9 +41,17 @@ def redrive_delay(rounds: int) -> timedelta:
 
 
 class ExecutorService:
-    def __init__(self, store: ExecutionStore, bucket: BucketClient, registry: dict[str, Action], log: Log, *,
-                 delivery_budget_s: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        store: ExecutionStore,
+        bucket: BucketClient,
+        registry: dict[str, Action],
+        log: Log,
+        *,
+        delivery_budget_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self._store = store
         self._bucket = bucket
         self._registry = registry
@@ -59,8 +67,18 @@ class ExecutorService:
         trace_id: str = body.get("trace_id") or f"trace_{uuid.uuid4().hex}"
         reason = skip_reason(body)
         if reason is not None:
-            return 200, {"trace_id": trace_id, "status": "skipped", "reason": reason, "execution_result": {},
-                         "event_id": None, "delivery_state": None}, {}
+            return (
+                200,
+                {
+                    "trace_id": trace_id,
+                    "status": "skipped",
+                    "reason": reason,
+                    "execution_result": {},
+                    "event_id": None,
+                    "delivery_state": None,
+                },
+                {},
+            )
         plan = build_plan(body, trace_id, self._registry)
         request_hash = hashlib.sha256(canonical_json(body).encode()).hexdigest()
         now = self._clock()
@@ -76,11 +94,20 @@ class ExecutorService:
             self._log.error("Workflow event breaks its contract", trace_id=trace_id, errors=contract_errors)
         event_id = event_id_for(trace_id)
         response: dict[str, Any] = {
-            "trace_id": trace_id, "status": run.status, "execution_result": result, "event_id": event_id,
-            "user_id": plan.user_id, "duration_ms": round(run.duration_ms, 3),
+            "trace_id": trace_id,
+            "status": run.status,
+            "execution_result": result,
+            "event_id": event_id,
+            "user_id": plan.user_id,
+            "duration_ms": round(run.duration_ms, 3),
         }
-        record = {"status": run.status, "event_id": event_id, "completed_at": isoformat(self._clock()),
-                  "created_at": isoformat(now), "delivery_attempts": 0}
+        record = {
+            "status": run.status,
+            "event_id": event_id,
+            "completed_at": isoformat(self._clock()),
+            "created_at": isoformat(now),
+            "delivery_attempts": 0,
+        }
         # Persist first, with the event queued: if we die now the redriver still delivers it.
         first_retry = isoformat(self._clock() + timedelta(seconds=self._budget + 2))
         self._store.complete(trace_id, request_hash, record, response, event, QUEUED, first_retry)
@@ -90,46 +117,78 @@ class ExecutorService:
         response["delivery"] = _delivery_json(outcome, state)
         return 200, response, {}
 
-    def _deliver(self, trace_id: str, event_id: str, event: dict[str, Any], budget: float | None = None
-                 ) -> DeliveryOutcome:
-        self._log.info("Sending workflow event to Bucket", trace_id=trace_id, event_id=event_id,
-                       bucket=self._bucket.base_url)
+    def _deliver(
+        self, trace_id: str, event_id: str, event: dict[str, Any], budget: float | None = None
+    ) -> DeliveryOutcome:
+        self._log.info(
+            "Sending workflow event to Bucket", trace_id=trace_id, event_id=event_id, bucket=self._bucket.base_url
+        )
         outcome = deliver(self._bucket, event_id, event, self._budget if budget is None else budget)
         if outcome.state == "delivered":
-            self._log.info("Workflow event logged to Bucket", trace_id=trace_id, event_id=event_id,
-                           attempts=outcome.attempts, duplicate=outcome.duplicate)
+            self._log.info(
+                "Workflow event logged to Bucket",
+                trace_id=trace_id,
+                event_id=event_id,
+                attempts=outcome.attempts,
+                duplicate=outcome.duplicate,
+            )
         elif outcome.state == "rejected":
-            self._log.error("Bucket rejected event", trace_id=trace_id, event_id=event_id, status=outcome.status,
-                            reason=outcome.reason)
+            self._log.error(
+                "Bucket rejected event",
+                trace_id=trace_id,
+                event_id=event_id,
+                status=outcome.status,
+                reason=outcome.reason,
+            )
         else:
-            self._log.warning("Bucket unreachable, event queued", trace_id=trace_id, event_id=event_id,
-                              status=outcome.status, reason=outcome.reason, attempts=outcome.attempts)
+            self._log.warning(
+                "Bucket unreachable, event queued",
+                trace_id=trace_id,
+                event_id=event_id,
+                status=outcome.status,
+                reason=outcome.reason,
+                attempts=outcome.attempts,
+            )
         return outcome
 
-    def _settle(self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0, rounds_before: int = 0
-                ) -> str:
+    def _settle(self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0, rounds_before: int = 0) -> str:
         attempts = attempts_before + outcome.attempts
         now = self._clock()
         if outcome.state == "delivered":
             self._store.settle(trace_id, "delivered", {"delivered_at": isoformat(now), "delivery_attempts": attempts})
             return "delivered"
         if outcome.state == "rejected":
-            self._store.settle(trace_id, "rejected", {"rejected_status": outcome.status or 0,
-                                                      "last_error": outcome.reason or "", "delivery_attempts": attempts})
+            self._store.settle(
+                trace_id,
+                "rejected",
+                {
+                    "rejected_status": outcome.status or 0,
+                    "last_error": outcome.reason or "",
+                    "delivery_attempts": attempts,
+                },
+            )
             return "rejected"
         rounds = rounds_before + 1
-        self._store.reschedule(trace_id, isoformat(now + redrive_delay(rounds)), attempts,
-                               outcome.reason or "unreachable", rounds)
+        self._store.reschedule(
+            trace_id, isoformat(now + redrive_delay(rounds)), attempts, outcome.reason or "unreachable", rounds
+        )
         return QUEUED
 
-    def _replay(self, trace_id: str, request_hash: str, existing: dict[str, Any]
-                ) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _replay(
+        self, trace_id: str, request_hash: str, existing: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         if existing.get("request_hash") != request_hash:
-            raise Conflict(f"trace_id '{trace_id}' was already used for a different request",
-                           code="trace_id_conflict", field="trace_id")
+            raise Conflict(
+                f"trace_id '{trace_id}' was already used for a different request",
+                code="trace_id_conflict",
+                field="trace_id",
+            )
         if existing.get("state") != "completed":
-            raise Conflict(f"trace_id '{trace_id}' is still executing; retry shortly",
-                           code="execution_in_progress", field="trace_id")
+            raise Conflict(
+                f"trace_id '{trace_id}' is still executing; retry shortly",
+                code="execution_in_progress",
+                field="trace_id",
+            )
         response: dict[str, Any] = json.loads(existing["response"])
         response["delivery_state"] = existing.get("delivery_state")
         return 200, response, {"X-Idempotent-Replay": "true"}
@@ -144,9 +203,13 @@ class ExecutorService:
         return {
             **response,
             "delivery_state": record.get("delivery_state"),
-            "delivery": {"attempts": record.get("delivery_attempts", 0), "delivered_at": record.get("delivered_at"),
-                         "last_error": record.get("last_error"), "next_attempt_at": record.get("next_attempt_at"),
-                         "rejected_status": record.get("rejected_status")},
+            "delivery": {
+                "attempts": record.get("delivery_attempts", 0),
+                "delivered_at": record.get("delivered_at"),
+                "last_error": record.get("last_error"),
+                "next_attempt_at": record.get("next_attempt_at"),
+                "rejected_status": record.get("rejected_status"),
+            },
             "created_at": record.get("created_at"),
             "completed_at": record.get("completed_at"),
         }
@@ -158,9 +221,14 @@ class ExecutorService:
             status, code = "ok", 200
         except StorageUnavailable as exc:
             queued, storage, status, code = -1, {"status": "unreachable", "error": str(exc)[:200]}, "degraded", 503
-        return code, {"status": status, "service": SERVICE, "storage": storage,
-                      "bucket": {"url": self._bucket.base_url, "reachable": self._bucket.reachable()},
-                      "outbox": {"queued": queued}, "actions": sorted(self._registry)}
+        return code, {
+            "status": status,
+            "service": SERVICE,
+            "storage": storage,
+            "bucket": {"url": self._bucket.base_url, "reachable": self._bucket.reachable()},
+            "outbox": {"queued": queued},
+            "actions": sorted(self._registry),
+        }
 
     # --- outbox -----------------------------------------------------------------------------
 
@@ -172,18 +240,29 @@ class ExecutorService:
         for item in items:
             event = json.loads(item["event"])
             outcome = self._deliver(item["trace_id"], item["event_id"], event, budget=min(self._budget, 0.5))
-            state = self._settle(item["trace_id"], outcome, int(item.get("delivery_attempts", 0)),
-                                 int(item.get("redrive_rounds", 0)))
+            state = self._settle(
+                item["trace_id"], outcome, int(item.get("delivery_attempts", 0)), int(item.get("redrive_rounds", 0))
+            )
             counts[state] += 1
             if state == QUEUED:
                 break  # the Bucket is still away: the rest keep their turn for the next pass
         return counts
 
     def outbox(self) -> list[dict[str, Any]]:
-        return [{k: item.get(k) for k in ("trace_id", "event_id", "created_at", "delivery_attempts", "last_error",
-                                          "next_attempt_at")} for item in self._store.queued()]
+        return [
+            {
+                k: item.get(k)
+                for k in ("trace_id", "event_id", "created_at", "delivery_attempts", "last_error", "next_attempt_at")
+            }
+            for item in self._store.queued()
+        ]
 
 
 def _delivery_json(outcome: DeliveryOutcome, state: str) -> dict[str, Any]:
-    return {"state": state, "attempts": outcome.attempts, "status": outcome.status, "reason": outcome.reason,
-            "duplicate": outcome.duplicate}
+    return {
+        "state": state,
+        "attempts": outcome.attempts,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "duplicate": outcome.duplicate,
+    }

@@ -84,8 +84,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"bhiv: Karma answered {status} for the Q-table", file=sys.stderr)
         return 1
-    print(f"\nQ-table (policy {qtable['policy_version']}, {qtable['updates']} updates, alpha {qtable['alpha']}, "
-          f"gamma {qtable['gamma']}):")
+    print(
+        f"\nQ-table (policy {qtable['policy_version']}, {qtable['updates']} updates, alpha {qtable['alpha']}, "
+        f"gamma {qtable['gamma']}):"
+    )
     print(render_grid(qtable, user.get("role") if status == 200 and isinstance(user, dict) else None, colour))
     return 0
 
@@ -112,20 +114,27 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         while True:
             page = events_store.query(EventQuery({}, None, None, 1000, False, start))
             for item in page.items:
-                yield StoredEvent(item["event_id"], item["event_type"], item["received_at"],
-                                  json.loads(item["event_data"]))
+                yield StoredEvent(
+                    item["event_id"], item["event_type"], item["received_at"], json.loads(item["event_data"])
+                )
             start = page.next_key
             if not start:
                 return
 
     rebuilt = replay(policy, log_events())
     live = karma_store.users(list(rebuilt.users))
-    differing = [u for u, s in rebuilt.users.items() if u not in live or (
-        live[u].balances, live[u].role, live[u].action_stats) != (s.balances, s.role, s.action_stats)]
+    differing = [
+        u
+        for u, s in rebuilt.users.items()
+        if u not in live
+        or (live[u].balances, live[u].role, live[u].action_stats) != (s.balances, s.role, s.action_stats)
+    ]
     live_q = karma_store.qtable(policy.version)
     q_equal = live_q is not None and rebuilt.qtable is not None and live_q.values == rebuilt.qtable.values
-    print(f"replayed the log: {rebuilt.applied} applied, {rebuilt.ignored} ignored, "
-          f"{len(rebuilt.rejected)} rejected, {len(rebuilt.users)} users")
+    print(
+        f"replayed the log: {rebuilt.applied} applied, {rebuilt.ignored} ignored, "
+        f"{len(rebuilt.rejected)} rejected, {len(rebuilt.users)} users"
+    )
     print(f"users differing from live state: {len(differing)}; Q-table equal: {q_equal}")
     if not args.write:
         return 0 if not differing and q_equal else 1
@@ -134,10 +143,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         item = user_to_item(user.__class__(**{**user.__dict__, "version": (current.version + 1) if current else 1}))
         client.put_item(TableName="KarmaTable", Item=item)
     if rebuilt.qtable is not None:
-        client.put_item(TableName="KarmaTable", Item={
-            "pk": {"S": "qtable"}, "sk": {"S": policy.version}, "values": {"S": json.dumps(rebuilt.qtable.values)},
-            "updates": {"N": str(rebuilt.qtable.updates)},
-            "version": {"N": str((live_q.version + 1) if live_q else 1)}})
+        client.put_item(
+            TableName="KarmaTable",
+            Item={
+                "pk": {"S": "qtable"},
+                "sk": {"S": policy.version},
+                "values": {"S": json.dumps(rebuilt.qtable.values)},
+                "updates": {"N": str(rebuilt.qtable.updates)},
+                "version": {"N": str((live_q.version + 1) if live_q else 1)},
+            },
+        )
     print("live state replaced with the rebuilt one")
     return 0
 

@@ -39,8 +39,14 @@ class Store(Protocol):
     def users(self, user_ids: list[str]) -> dict[str, UserState]: ...
     def qtable(self, policy_version: str) -> QTable | None: ...
     def existing_markers(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
-    def commit(self, outcomes: list[Outcome], users: dict[str, tuple[UserState, int | None]],
-               qtable: tuple[QTable, int | None] | None, policy_version: str, role_changes: dict[str, int]) -> None: ...
+    def commit(
+        self,
+        outcomes: list[Outcome],
+        users: dict[str, tuple[UserState, int | None]],
+        qtable: tuple[QTable, int | None] | None,
+        policy_version: str,
+        role_changes: dict[str, int],
+    ) -> None: ...
     def record_failure(self, event_id: str, reason: str) -> bool: ...
 
 
@@ -142,9 +148,16 @@ class KarmaConsumer:
             result = apply_action(self._policy, user, qtable, action, event.received_at)
             users[user_id], qtable = result.user, result.qtable
             trace = event.event_data.get("trace_id")
-            outcomes.append(Outcome(event.event_id, "applied", user_id,
-                                    result.history_entry(event.event_id, event.event_type, event.received_at),
-                                    event.received_at, trace if isinstance(trace, str) else None))
+            outcomes.append(
+                Outcome(
+                    event.event_id,
+                    "applied",
+                    user_id,
+                    result.history_entry(event.event_id, event.event_type, event.received_at),
+                    event.received_at,
+                    trace if isinstance(trace, str) else None,
+                )
+            )
         if check_markers and outcomes:
             seen = self._store.existing_markers([o.marker_key for o in outcomes])
             if seen:
@@ -167,16 +180,24 @@ class KarmaConsumer:
             raise rejected
         return handled
 
-    def _commit(self, outcomes: list[Outcome], read_users: dict[str, UserState], users: dict[str, UserState],
-                stored_q: QTable | None, qtable: QTable) -> None:
+    def _commit(
+        self,
+        outcomes: list[Outcome],
+        read_users: dict[str, UserState],
+        users: dict[str, UserState],
+        stored_q: QTable | None,
+        qtable: QTable,
+    ) -> None:
         touched = {o.user_id for o in outcomes if o.user_id}
         writes = {}
         role_changes: dict[str, int] = {}
         for user_id in touched:
             before = read_users.get(user_id)
             after = users[user_id]
-            writes[user_id] = (replace(after, version=(before.version + 1) if before else 1),
-                               before.version if before else None)
+            writes[user_id] = (
+                replace(after, version=(before.version + 1) if before else 1),
+                before.version if before else None,
+            )
             if before is None:
                 role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
             elif before.role != after.role:
@@ -184,8 +205,10 @@ class KarmaConsumer:
                 role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
         q_write = None
         if any(o.status == "applied" for o in outcomes):
-            q_write = (replace(qtable, version=(stored_q.version + 1) if stored_q else 1),
-                       stored_q.version if stored_q else None)
+            q_write = (
+                replace(qtable, version=(stored_q.version + 1) if stored_q else 1),
+                stored_q.version if stored_q else None,
+            )
         self._store.commit(outcomes, writes, q_write, self._policy.version, role_changes)
         for user_id, (state, _) in writes.items():
             self._users[user_id] = state
@@ -193,6 +216,11 @@ class KarmaConsumer:
             self._qtable = q_write[0]
         for outcome in outcomes:
             if outcome.status == "applied" and outcome.history:
-                self._log.info("Karma applied event", event_id=outcome.event_id, user_id=outcome.user_id,
-                               action=outcome.history["action"], reward=outcome.history["reward"],
-                               trace_id=outcome.trace_id)
+                self._log.info(
+                    "Karma applied event",
+                    event_id=outcome.event_id,
+                    user_id=outcome.user_id,
+                    action=outcome.history["action"],
+                    reward=outcome.history["reward"],
+                    trace_id=outcome.trace_id,
+                )

@@ -62,9 +62,18 @@ class Applied:
     q_after: float
 
     def history_entry(self, event_id: str, event_type: str, at: str) -> dict[str, Any]:
-        return {"event_id": event_id, "event_type": event_type, "action": self.action, "points": self.points,
-                "reward": self.reward, "role_before": self.role_before, "role_after": self.role_after,
-                "q_before": self.q_before, "q_after": self.q_after, "applied_at": at}
+        return {
+            "event_id": event_id,
+            "event_type": event_type,
+            "action": self.action,
+            "points": self.points,
+            "reward": self.reward,
+            "role_before": self.role_before,
+            "role_after": self.role_after,
+            "q_before": self.q_before,
+            "q_after": self.q_after,
+            "applied_at": at,
+        }
 
 
 def _parse_time(value: str) -> datetime:
@@ -93,8 +102,15 @@ def apply_action(policy: Policy, user: UserState, qtable: QTable, action: str, a
         cheats = (*cheats, at)[-CHEAT_MEMORY:]
     stats = dict(user.action_stats)
     stats[action] = stats.get(action, 0) + 1
-    new_user = replace(user, role=role_after, balances=balances, action_stats=stats, cheat_times=cheats,
-                       events_applied=user.events_applied + 1, last_updated=at)
+    new_user = replace(
+        user,
+        role=role_after,
+        balances=balances,
+        action_stats=stats,
+        cheat_times=cheats,
+        events_applied=user.events_applied + 1,
+        last_updated=at,
+    )
     new_q = replace(qtable, values=values, updates=qtable.updates + 1)
     return Applied(new_user, new_q, action, points, reward, role_before, role_after, q_before, q_after)
 

@@ -103,22 +103,31 @@ def _parse(doc: dict[str, Any]) -> Policy:
             name=name,
             points={k: float(v) for k, v in (spec.get("points") or {}).items()},
             q_reward=float(spec["q_reward"]) if "q_reward" in spec else None,
-            escalation=Escalation(esc["token"], tuple(float(a) for a in esc["amounts"]),
-                                  timedelta(days=float(esc["window_days"]))) if esc else None,
+            escalation=Escalation(
+                esc["token"], tuple(float(a) for a in esc["amounts"]), timedelta(days=float(esc["window_days"]))
+            )
+            if esc
+            else None,
         )
     roles = tuple(sorted(((r["name"], float(r["min_merit"])) for r in doc["roles"]), key=lambda r: r[1]))
     mappings = tuple(
-        Mapping(when=dict(m["when"]), user_field=m["user_field"], action=m.get("action"),
-                action_field=m.get("action_field"))
+        Mapping(
+            when=dict(m["when"]), user_field=m["user_field"], action=m.get("action"), action_field=m.get("action_field")
+        )
         for m in doc["mappings"]
     )
     for m in mappings:
         if m.action is not None and m.action not in actions:
             raise ValueError(f"policy maps to unknown action {m.action!r}")
     return Policy(
-        version=str(doc["version"]), alpha=float(doc["alpha"]), gamma=float(doc["gamma"]),
-        initial_q=float(doc.get("initial_q", 0.0)), roles=roles,
-        merit_weights={k: float(v) for k, v in doc["merit_weights"].items()}, actions=actions, mappings=mappings,
+        version=str(doc["version"]),
+        alpha=float(doc["alpha"]),
+        gamma=float(doc["gamma"]),
+        initial_q=float(doc.get("initial_q", 0.0)),
+        roles=roles,
+        merit_weights={k: float(v) for k, v in doc["merit_weights"].items()},
+        actions=actions,
+        mappings=mappings,
     )
 
 

@@ -42,8 +42,9 @@ def _number(value: float) -> float | int:
 
 
 class KarmaService:
-    def __init__(self, store: KarmaReads, events: EventLog, dlq: Queue, policy: Policy, consumer: KarmaConsumer,
-                 log: Any) -> None:
+    def __init__(
+        self, store: KarmaReads, events: EventLog, dlq: Queue, policy: Policy, consumer: KarmaConsumer, log: Any
+    ) -> None:
         self._store = store
         self._events = events
         self._dlq = dlq
@@ -66,8 +67,11 @@ class KarmaService:
                 parsed.append(StoredEvent.from_image(record["dynamodb"]["NewImage"]))
                 positions.append(index)
             except (KeyError, TypeError, ValueError) as exc:
-                self._log.warning("Malformed stream record", reason=str(exc),
-                                  sequence_number=record.get("dynamodb", {}).get("SequenceNumber"))
+                self._log.warning(
+                    "Malformed stream record",
+                    reason=str(exc),
+                    sequence_number=record.get("dynamodb", {}).get("SequenceNumber"),
+                )
                 first_bad = index
                 break
         try:
@@ -76,8 +80,7 @@ class KarmaService:
             first_bad = positions[rejected.index]
         if first_bad is None:
             return {"batchItemFailures": []}
-        return {"batchItemFailures": [{"itemIdentifier": r["dynamodb"]["SequenceNumber"]}
-                                      for r in records[first_bad:]]}
+        return {"batchItemFailures": [{"itemIdentifier": r["dynamodb"]["SequenceNumber"]} for r in records[first_bad:]]}
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -133,8 +136,11 @@ class KarmaService:
         return {
             "users_by_role": {role: counters.get(f"users:{role}", 0) for role in self._policy.states},
             "users_total": sum(counters.get(f"users:{role}", 0) for role in self._policy.states),
-            "events": {"applied": counters.get("applied", 0), "ignored": counters.get("ignored", 0),
-                       "failed": counters.get("failed", 0)},
+            "events": {
+                "applied": counters.get("applied", 0),
+                "ignored": counters.get("ignored", 0),
+                "failed": counters.get("failed", 0),
+            },
             "dlq_depth": self._dlq.depth(),
             "policy_version": self._policy.version,
         }
@@ -144,29 +150,52 @@ class KarmaService:
         data = body["data"]
         problems = []
         if data["action"] not in self._policy.actions:
-            problems.append({"field": "data.action", "message": f"unknown action {data['action']!r}; "
-                             f"known: {', '.join(self._policy.action_names)}"})
+            problems.append(
+                {
+                    "field": "data.action",
+                    "message": f"unknown action {data['action']!r}; known: {', '.join(self._policy.action_names)}",
+                }
+            )
         if data["role"] not in self._policy.states:
-            problems.append({"field": "data.role", "message": f"unknown role {data['role']!r}; "
-                             f"known: {', '.join(self._policy.states)}"})
+            problems.append(
+                {
+                    "field": "data.role",
+                    "message": f"unknown role {data['role']!r}; known: {', '.join(self._policy.states)}",
+                }
+            )
         if problems:
             raise Unprocessable(problems[0]["message"], field=problems[0]["field"], errors=problems)
         event_data = {"event_type": DIRECT_EVENT_TYPE, **{k: v for k, v in data.items() if v is not None}}
         event = domain.build_event(event_data, KARMA_REQUESTER, None, datetime.now(UTC))
         self._events.append(event)
-        self._log.info(f"Received event from {KARMA_REQUESTER}", event_id=event.event_id,
-                       event_type=DIRECT_EVENT_TYPE, user_id=data["user_id"])
-        return {"success": True, "status": "accepted", "event_id": event.event_id,
-                "message": "Event recorded in the Bucket; Karma applies it from the stream"}
+        self._log.info(
+            f"Received event from {KARMA_REQUESTER}",
+            event_id=event.event_id,
+            event_type=DIRECT_EVENT_TYPE,
+            user_id=data["user_id"],
+        )
+        return {
+            "success": True,
+            "status": "accepted",
+            "event_id": event.event_id,
+            "message": "Event recorded in the Bucket; Karma applies it from the stream",
+        }
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
             self._store.ping()
         except StorageUnavailable as exc:
-            return 503, {"status": "unhealthy", "service": "karma", "storage": {"status": "unreachable",
-                                                                                "error": str(exc)[:200]}}
-        return 200, {"status": "healthy", "service": "karma", "storage": {"status": "ok"},
-                     "policy_version": self._policy.version}
+            return 503, {
+                "status": "unhealthy",
+                "service": "karma",
+                "storage": {"status": "unreachable", "error": str(exc)[:200]},
+            }
+        return 200, {
+            "status": "healthy",
+            "service": "karma",
+            "storage": {"status": "ok"},
+            "policy_version": self._policy.version,
+        }
 
 
 def _int_param(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -179,4 +208,3 @@ def _int_param(params: dict[str, str], name: str, default: int, low: int, high: 
     if not low <= value <= high:
         raise BadRequest(f"'{name}' must be between {low} and {high}", code="invalid_parameter", field=name)
     return value
-

@@ -157,11 +157,14 @@ class DurableState:
         """Fold the journal into a new snapshot. Call only when every stream consumer is caught up."""
         with WRITE_LOCK:
             backend = self._backend()
-            tables = {name: [item.to_json()["Attributes"] for item in table.all_items()]
-                      for name, table in backend.tables.items()}
+            tables = {
+                name: [item.to_json()["Attributes"] for item in table.all_items()]
+                for name, table in backend.tables.items()
+            }
             generation = self.generation + 1
-            _atomic_write(self.snapshot_path, json.dumps({"generation": generation, "created_at": time.time(),
-                                                          "tables": tables}))
+            _atomic_write(
+                self.snapshot_path, json.dumps({"generation": generation, "created_at": time.time(), "tables": tables})
+            )
             if self._journal is not None:
                 self._journal.close()
             _atomic_write(self.journal_path, "")

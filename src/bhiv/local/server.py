@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
 from urllib.parse import unquote
 
 from chalice import local as chalice_local

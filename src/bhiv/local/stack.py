@@ -157,7 +157,7 @@ class LocalStack:
             while not self._stopped.wait(REDRIVE_INTERVAL_S):
                 try:
                     handler({"source": "bhiv.local.redriver"}, None)
-                except Exception:  # noqa: BLE001 - keep redriving; the handler logs its own failures
+                except Exception:
                     log.exception("outbox redrive failed")
 
         self._redriver = threading.Thread(target=loop, name="outbox-redriver", daemon=True)
@@ -228,9 +228,10 @@ class LocalStack:
         try:
             while time.monotonic() < deadline:
                 if sum(poller.poll_once() for poller in self._pollers) == 0 and all(
-                        poller.lag() == 0 for poller in self._pollers):
+                    poller.lag() == 0 for poller in self._pollers
+                ):
                     return True
-        except Exception:  # noqa: BLE001 - a failing drain only means no compaction
+        except Exception:
             log.exception("draining the streams failed")
         return False
 

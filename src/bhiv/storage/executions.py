@@ -33,10 +33,15 @@ class ExecutionStore:
         try:
             self._client.put_item(
                 TableName=self._table,
-                Item={"trace_id": {"S": trace_id}, "request_hash": {"S": request_hash}, "state": {"S": "running"},
-                      "created_at": {"S": now}, "lease_until": {"S": lease_until}},
+                Item={
+                    "trace_id": {"S": trace_id},
+                    "request_hash": {"S": request_hash},
+                    "state": {"S": "running"},
+                    "created_at": {"S": now},
+                    "lease_until": {"S": lease_until},
+                },
                 ConditionExpression="attribute_not_exists(trace_id) OR (#s = :running AND lease_until < :now "
-                                    "AND request_hash = :h)",
+                "AND request_hash = :h)",
                 ExpressionAttributeNames={"#s": "state"},
                 ExpressionAttributeValues={":running": {"S": "running"}, ":now": {"S": now}, ":h": {"S": request_hash}},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -51,11 +56,22 @@ class ExecutionStore:
             return _plain(old)
 
     @storage_errors
-    def complete(self, trace_id: str, request_hash: str, record: dict[str, Any], response: dict[str, Any],
-                 event: dict[str, Any] | None, delivery_state: str, next_attempt_at: str | None) -> None:
+    def complete(
+        self,
+        trace_id: str,
+        request_hash: str,
+        record: dict[str, Any],
+        response: dict[str, Any],
+        event: dict[str, Any] | None,
+        delivery_state: str,
+        next_attempt_at: str | None,
+    ) -> None:
         item: dict[str, Any] = {
-            "trace_id": {"S": trace_id}, "request_hash": {"S": request_hash}, "state": {"S": "completed"},
-            "response": {"S": json.dumps(response)}, "delivery_state": {"S": delivery_state},
+            "trace_id": {"S": trace_id},
+            "request_hash": {"S": request_hash},
+            "state": {"S": "completed"},
+            "response": {"S": json.dumps(response)},
+            "delivery_state": {"S": delivery_state},
         }
         for key, value in record.items():
             if value is not None:
@@ -65,8 +81,12 @@ class ExecutionStore:
         if delivery_state == QUEUED and next_attempt_at:
             item["outbox"] = {"S": QUEUED}
             item["next_attempt_at"] = {"S": next_attempt_at}
-        self._client.put_item(TableName=self._table, Item=item, ConditionExpression="request_hash = :h",
-                              ExpressionAttributeValues={":h": {"S": request_hash}})
+        self._client.put_item(
+            TableName=self._table,
+            Item=item,
+            ConditionExpression="request_hash = :h",
+            ExpressionAttributeValues={":h": {"S": request_hash}},
+        )
 
     @storage_errors
     def get(self, trace_id: str) -> dict[str, Any] | None:
@@ -75,27 +95,41 @@ class ExecutionStore:
 
     def _get_raw(self, trace_id: str) -> dict[str, Any] | None:
         item: dict[str, Any] | None = self._client.get_item(
-            TableName=self._table, Key={"trace_id": {"S": trace_id}}, ConsistentRead=True).get("Item")
+            TableName=self._table, Key={"trace_id": {"S": trace_id}}, ConsistentRead=True
+        ).get("Item")
         return item
 
     @storage_errors
     def due(self, now: str, limit: int = 25) -> list[dict[str, Any]]:
         resp = self._client.query(
-            TableName=self._table, IndexName="outbox",
+            TableName=self._table,
+            IndexName="outbox",
             KeyConditionExpression="outbox = :q AND next_attempt_at <= :now",
-            ExpressionAttributeValues={":q": {"S": QUEUED}, ":now": {"S": now}}, Limit=limit)
+            ExpressionAttributeValues={":q": {"S": QUEUED}, ":now": {"S": now}},
+            Limit=limit,
+        )
         return [_plain(i) for i in resp.get("Items", [])]
 
     @storage_errors
     def queued(self, limit: int = 1000) -> list[dict[str, Any]]:
-        resp = self._client.query(TableName=self._table, IndexName="outbox", KeyConditionExpression="outbox = :q",
-                                  ExpressionAttributeValues={":q": {"S": QUEUED}}, Limit=limit)
+        resp = self._client.query(
+            TableName=self._table,
+            IndexName="outbox",
+            KeyConditionExpression="outbox = :q",
+            ExpressionAttributeValues={":q": {"S": QUEUED}},
+            Limit=limit,
+        )
         return [_plain(i) for i in resp.get("Items", [])]
 
     @storage_errors
     def queued_count(self) -> int:
-        resp = self._client.query(TableName=self._table, IndexName="outbox", KeyConditionExpression="outbox = :q",
-                                  ExpressionAttributeValues={":q": {"S": QUEUED}}, Select="COUNT")
+        resp = self._client.query(
+            TableName=self._table,
+            IndexName="outbox",
+            KeyConditionExpression="outbox = :q",
+            ExpressionAttributeValues={":q": {"S": QUEUED}},
+            Select="COUNT",
+        )
         return int(resp.get("Count", 0))
 
     @storage_errors
@@ -110,10 +144,13 @@ class ExecutionStore:
             sets.append(f"#f{i} = :f{i}")
         try:
             self._client.update_item(
-                TableName=self._table, Key={"trace_id": {"S": trace_id}},
+                TableName=self._table,
+                Key={"trace_id": {"S": trace_id}},
                 UpdateExpression="SET " + ", ".join(sets) + " REMOVE outbox, next_attempt_at",
-                ConditionExpression="attribute_exists(outbox)", ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values)
+                ConditionExpression="attribute_exists(outbox)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
@@ -124,12 +161,18 @@ class ExecutionStore:
     def reschedule(self, trace_id: str, next_attempt_at: str, attempts: int, last_error: str, rounds: int) -> None:
         try:
             self._client.update_item(
-                TableName=self._table, Key={"trace_id": {"S": trace_id}},
+                TableName=self._table,
+                Key={"trace_id": {"S": trace_id}},
                 UpdateExpression="SET next_attempt_at = :n, delivery_attempts = :a, last_error = :e, "
-                                 "redrive_rounds = :r",
+                "redrive_rounds = :r",
                 ConditionExpression="attribute_exists(outbox)",
-                ExpressionAttributeValues={":n": {"S": next_attempt_at}, ":a": {"N": str(attempts)},
-                                           ":e": {"S": last_error[:500]}, ":r": {"N": str(rounds)}})
+                ExpressionAttributeValues={
+                    ":n": {"S": next_attempt_at},
+                    ":a": {"N": str(attempts)},
+                    ":e": {"S": last_error[:500]},
+                    ":r": {"N": str(rounds)},
+                },
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise

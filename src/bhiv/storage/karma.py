@@ -60,8 +60,11 @@ def user_to_item(user: UserState) -> dict[str, Any]:
         "sk": {"S": "state"},
         "user_id": {"S": user.user_id},
         "role": {"S": user.role},
-        "state": {"S": json.dumps({"balances": user.balances, "action_stats": user.action_stats,
-                                   "cheat_times": list(user.cheat_times)})},
+        "state": {
+            "S": json.dumps(
+                {"balances": user.balances, "action_stats": user.action_stats, "cheat_times": list(user.cheat_times)}
+            )
+        },
         "events_applied": _n(user.events_applied),
         "last_updated": {"S": user.last_updated or ""},
         "version": _n(user.version),
@@ -71,9 +74,13 @@ def user_to_item(user: UserState) -> dict[str, Any]:
 def user_from_item(item: dict[str, Any]) -> UserState:
     state = json.loads(item["state"]["S"])
     return UserState(
-        user_id=item["user_id"]["S"], role=item["role"]["S"], balances=state["balances"],
-        action_stats=state["action_stats"], cheat_times=tuple(state["cheat_times"]),
-        events_applied=int(item["events_applied"]["N"]), last_updated=item["last_updated"]["S"] or None,
+        user_id=item["user_id"]["S"],
+        role=item["role"]["S"],
+        balances=state["balances"],
+        action_stats=state["action_stats"],
+        cheat_times=tuple(state["cheat_times"]),
+        events_applied=int(item["events_applied"]["N"]),
+        last_updated=item["last_updated"]["S"] or None,
         version=int(item["version"]["N"]),
     )
 
@@ -118,8 +125,9 @@ class KarmaStore:
         unique = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in dict.fromkeys(keys)]
         while unique:
             chunk, unique = unique[:100], unique[100:]
-            request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True,
-                                                     "ProjectionExpression": "pk, sk"}}
+            request: dict[str, Any] = {
+                self._table: {"Keys": chunk, "ConsistentRead": True, "ProjectionExpression": "pk, sk"}
+            }
             while request:
                 resp = self._client.batch_get_item(RequestItems=request)
                 found.update((i["pk"]["S"], i["sk"]["S"]) for i in resp.get("Responses", {}).get(self._table, []))
@@ -134,9 +142,11 @@ class KarmaStore:
     @storage_errors
     def history(self, user_id: str, limit: int, start_after: str | None) -> tuple[list[dict[str, Any]], str | None]:
         params: dict[str, Any] = {
-            "TableName": self._table, "KeyConditionExpression": "pk = :pk AND begins_with(sk, :h)",
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :h)",
             "ExpressionAttributeValues": {":pk": {"S": f"user#{user_id}"}, ":h": {"S": "h#"}},
-            "ScanIndexForward": False, "Limit": limit,
+            "ScanIndexForward": False,
+            "Limit": limit,
         }
         if start_after:
             params["ExclusiveStartKey"] = {"pk": {"S": f"user#{user_id}"}, "sk": {"S": start_after}}
@@ -146,8 +156,7 @@ class KarmaStore:
         return entries, (last["sk"]["S"] if last else None)
 
     def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
-        resp = self._client.get_item(TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}},
-                                     ConsistentRead=True)
+        resp = self._client.get_item(TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True)
         item: dict[str, Any] | None = resp.get("Item")
         return item
 
@@ -176,25 +185,50 @@ class KarmaStore:
                 item["entry"] = {"S": json.dumps(outcome.history)}
             else:
                 item["expires_at"] = expires
-            items.append({"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)",
-                                  "Item": item}})
+            items.append(
+                {"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)", "Item": item}}
+            )
         for user, read_version in users.values():
-            items.append({"Put": {"TableName": self._table, "Item": user_to_item(user), **_version_condition(
-                read_version)}})
+            items.append(
+                {"Put": {"TableName": self._table, "Item": user_to_item(user), **_version_condition(read_version)}}
+            )
         if qtable is not None:
             table, read_version = qtable
-            items.append({"Put": {"TableName": self._table, **_version_condition(read_version), "Item": {
-                "pk": {"S": "qtable"}, "sk": {"S": policy_version}, "values": {"S": json.dumps(table.values)},
-                "updates": _n(table.updates), "version": _n(table.version)}}})
-        adds = {"applied": sum(o.status == "applied" for o in outcomes),
-                "ignored": sum(o.status == "ignored" for o in outcomes), **role_changes}
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        **_version_condition(read_version),
+                        "Item": {
+                            "pk": {"S": "qtable"},
+                            "sk": {"S": policy_version},
+                            "values": {"S": json.dumps(table.values)},
+                            "updates": _n(table.updates),
+                            "version": _n(table.version),
+                        },
+                    }
+                }
+            )
+        adds = {
+            "applied": sum(o.status == "applied" for o in outcomes),
+            "ignored": sum(o.status == "ignored" for o in outcomes),
+            **role_changes,
+        }
         adds = {k: v for k, v in adds.items() if v}
         if adds:
             names = {f"#c{i}": k for i, k in enumerate(adds)}
             values = {f":c{i}": _n(v) for i, v in enumerate(adds.values())}
-            items.append({"Update": {"TableName": self._table, "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
-                                     "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(adds))),
-                                     "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}})
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
+                        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(adds))),
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": values,
+                    }
+                }
+            )
         if len(items) > MAX_TRANSACTION_ITEMS:
             raise ValueError(f"transaction of {len(items)} items; split the group")
         try:
@@ -212,12 +246,25 @@ class KarmaStore:
     def record_failure(self, event_id: str, reason: str) -> bool:
         """Count a distinct event that could not be applied (retries of it count once)."""
         try:
-            self._client.transact_write_items(TransactItems=[
-                {"Put": {"TableName": self._table, "ConditionExpression": "attribute_not_exists(pk)",
-                         "Item": {"pk": {"S": "failed"}, "sk": {"S": event_id}, "reason": {"S": reason[:500]}}}},
-                {"Update": {"TableName": self._table, "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
-                            "UpdateExpression": "ADD failed :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
-            ])
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                            "Item": {"pk": {"S": "failed"}, "sk": {"S": event_id}, "reason": {"S": reason[:500]}},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
+                            "UpdateExpression": "ADD failed :one",
+                            "ExpressionAttributeValues": {":one": {"N": "1"}},
+                        }
+                    },
+                ]
+            )
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
