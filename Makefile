@@ -23,6 +23,8 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+	@# every function's module is called app.py: check each on its own
+	@for app in functions/*/app.py; do $(BIN)/mypy --no-error-summary $$app || exit 1; done
 
 test: install lint typecheck
 	$(BIN)/pytest

@@ -36,7 +36,7 @@ def _records(count: int) -> list[dict[str, Any]]:
     t0 = datetime(2026, 11, 29, tzinfo=UTC)
     records = []
     for i in range(count):
-        data = {
+        data: dict[str, Any] = {
             "event_type": "workflow_execution",
             "trace_id": f"b{i}",
             "user_id": f"user{i % 200}",

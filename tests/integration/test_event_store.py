@@ -33,7 +33,7 @@ def _fill(store: EventStore, dynamodb: Any, count: int, start: int = 0) -> list[
     return ids
 
 
-def _query(store: EventStore, limit: int = 50, **filters: str) -> Any:
+def _query(store: EventStore, filters: dict[str, str], limit: int = 50) -> Any:
     return store.query(EventQuery(filters, None, None, limit, True, None))
 
 
@@ -50,9 +50,9 @@ def test_append_is_conditional_and_returns_the_existing_item(aws: dict[str, Any]
 def test_page_scans_about_the_page_size_whatever_the_table_size(aws: dict[str, Any]) -> None:
     store = EventStore(aws["dynamodb"], "EventsTable")
     _fill(store, aws["dynamodb"], 600)
-    small = {name: _query(store, **f).scanned_count for name, f in _FILTERS.items()}
+    small = {name: _query(store, f).scanned_count for name, f in _FILTERS.items()}
     _fill(store, aws["dynamodb"], 2400, start=600)
-    large = {name: _query(store, **f).scanned_count for name, f in _FILTERS.items()}
+    large = {name: _query(store, f).scanned_count for name, f in _FILTERS.items()}
     for name in _FILTERS:
         assert large[name] <= 50, (name, large[name])
         assert large[name] == small[name], name
@@ -69,7 +69,7 @@ _FILTERS: dict[str, dict[str, str]] = {
 def test_filters_and_time_window_select_exactly_the_matching_events(aws: dict[str, Any]) -> None:
     store = EventStore(aws["dynamodb"], "EventsTable")
     _fill(store, aws["dynamodb"], 120)
-    page = _query(store, limit=1000, event_type="type1", requester_id="req0")
+    page = _query(store, {"event_type": "type1", "requester_id": "req0"}, limit=1000)
     expected = {i for i in range(120) if i % 4 == 1 and i % 3 == 0}
     assert {int(item["event_id"][1:]) for item in page.items} == expected
     since, until = isoformat(T0 + timedelta(seconds=10)), isoformat(T0 + timedelta(seconds=19))
