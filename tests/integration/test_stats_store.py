@@ -54,3 +54,25 @@ def test_a_cancelled_transaction_writes_nothing(aws: dict[str, Any]) -> None:
     reasons = [r["Code"] for r in err.value.response["CancellationReasons"]]
     assert reasons == ["None", "ConditionalCheckFailed"]
     assert "Item" not in client.get_item(TableName="BucketStatsTable", Key={"pk": {"S": "x"}, "sk": {"S": "new"}})
+
+
+def test_a_batch_is_counted_once_with_its_agents_and_types(aws: dict[str, Any]) -> None:
+    stats = StatsStore(aws["dynamodb"], "BucketStatsTable")
+    assert stats.apply(_event(0, "old-agent", "a"))
+    batch = [_event(i, f"agent{i % 3}" if i % 4 else "old-agent", "ab"[i % 2]) for i in range(1, 41)]
+    assert stats.apply_batch([*batch, batch[0]]) == 40  # a duplicate inside the batch counts once
+    assert stats.apply_batch(batch[10:30]) == 0  # a redelivered part of it counts nothing
+    totals = stats.totals()
+    assert totals["total_events"] == 41
+    assert totals["agents_tracked"] == 4  # old-agent, agent0..2
+    assert stats.breakdown()["by_event_type"] == {"a": 21, "b": 20}
+    old = stats.agent("old-agent")
+    assert old is not None and old["event_count"] == 11
+
+
+def test_groups_stay_within_the_transaction_limit(aws: dict[str, Any]) -> None:
+    stats = StatsStore(aws["dynamodb"], "BucketStatsTable")
+    batch = [_event(i % 60, f"agent{i}", f"type{i}") for i in range(60)]  # 3 counters per event
+    batch = [{**e, "event_id": f"g{i}"} for i, e in enumerate(batch)]
+    assert stats.apply_batch(batch) == 60
+    assert stats.totals()["agents_tracked"] == 60

@@ -7,7 +7,6 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from bhiv.auth import authenticator_from_env
@@ -55,15 +54,21 @@ def _image_to_event(record: DynamoDBRecord) -> dict[str, Any] | None:
     return event
 
 
-def _count_record(record: DynamoDBRecord) -> None:
-    event = _image_to_event(record)
-    if event is not None:
-        stats_store().apply(event)
-
-
 def handle_stats_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
-    response: dict[str, Any] = process_partial_response(  # type: ignore[assignment]
-        event=event, record_handler=_count_record, processor=processor, context=context
-    )
-    return response
+    """Count a batch of stream records; malformed ones are reported as item failures."""
+    records = event.get("Records") or []
+    events: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    for record in records:
+        try:
+            stored = _image_to_event(DynamoDBRecord(record))
+        except (KeyError, TypeError, ValueError) as exc:
+            sequence = str(record.get("dynamodb", {}).get("SequenceNumber", ""))
+            logger.warning("Malformed stream record", sequence_number=sequence, reason=str(exc))
+            failures.append({"itemIdentifier": sequence})
+            continue
+        if stored is not None:
+            events.append(stored)
+    if events:
+        stats_store().apply_batch(events)  # a storage fault raises: the whole batch is retried
+    return {"batchItemFailures": failures}
