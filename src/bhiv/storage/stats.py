@@ -20,6 +20,7 @@ class StatsStore:
     def __init__(self, client: Any, table: str) -> None:
         self._client = client
         self._table = table
+        self._known_agents: set[str] = set()  # agents this process has seen stored
 
     def _key(self, pk: str, sk: str) -> dict[str, dict[str, str]]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
@@ -59,21 +60,31 @@ class StatsStore:
         return group
 
     def _apply_group(self, group: list[dict[str, Any]]) -> int:
-        for _ in range(8):
+        # Optimistic first: no reads, agents assumed as remembered. A cancelled transaction
+        # (an event counted before, an agent unknown to this process) is followed by a look.
+        fresh, known = group, self._known_agents
+        for attempt in range(8):
+            agents = sorted({e["agent_key"] for e in fresh if e.get("agent_key")})
+            try:
+                self._client.transact_write_items(TransactItems=self._items(fresh, agents, known))
+                self._remember(agents)
+                return len(fresh)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                    raise
             applied = self._existing("applied", [e["event_id"] for e in group])
             fresh = [e for e in group if e["event_id"] not in applied]
             if not fresh:
                 return 0
             agents = sorted({e["agent_key"] for e in fresh if e.get("agent_key")})
             known = self._existing("agent", agents)
-            try:
-                self._client.transact_write_items(TransactItems=self._items(fresh, agents, known))
-                return len(fresh)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                    raise
-                # a concurrent consumer counted some of these, or created an agent: read again
+            self._remember(sorted(known))
         raise RuntimeError("could not count a group of events after retries")
+
+    def _remember(self, agents: list[str]) -> None:
+        if len(self._known_agents) + len(agents) > 100_000:
+            self._known_agents.clear()
+        self._known_agents.update(agents)
 
     def _items(self, fresh: list[dict[str, Any]], agents: list[str], known: set[str]) -> list[dict[str, Any]]:
         expires = {"N": str(int(time.time()) + MARKER_TTL_SECONDS)}
