@@ -31,6 +31,9 @@ test: install lint typecheck
 
 bench: install
 	$(BIN)/python bench/bench_bucket.py
+	$(BIN)/python bench/bench_karma.py
+	$(BIN)/python bench/bench_executor.py
+	$(BIN)/python bench/bench_durability.py
 
 clean:
 	rm -rf $(VENV) .bhiv .mypy_cache .ruff_cache
