@@ -41,6 +41,13 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the apps log structured JSON themselves
 
+    # http.server answers methods it has no do_X for with 501 and an HTML page; API Gateway answers
+    # 405 (or 403). Hand every method to Chalice, which answers 405 with an Allow header.
+    def do_TRACE(self) -> None:  # noqa: N802 - stdlib naming
+        self._generic_handle()
+
+    do_CONNECT = do_QUERY = do_PROPFIND = do_TRACE
+
 
 def load_function_module(code_uri: str | Path, module: str = "app", root: Path | None = None) -> ModuleType:
     """Import <code_uri>/<module>.py under a unique name (every function's module is called app)."""
