@@ -63,7 +63,7 @@ class StatsStore:
         # Optimistic first: no reads, agents assumed as remembered. A cancelled transaction
         # (an event counted before, an agent unknown to this process) is followed by a look.
         fresh, known = group, self._known_agents
-        for attempt in range(8):
+        for _ in range(8):
             agents = sorted({e["agent_key"] for e in fresh if e.get("agent_key")})
             try:
                 self._client.transact_write_items(TransactItems=self._items(fresh, agents, known))

@@ -25,7 +25,7 @@ from bhiv.executor.actions._common import aws_call, check_text
 from bhiv.executor.actions.base import ActionContext, FieldProblem
 from bhiv.storage import aws
 
-E164 = re.compile(r"\+[1-9]\d{6,14}")
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # ASCII digits only (\d matches any script)
 MAX_MESSAGE = 1600  # SNS: "The total size limit for a single SMS Publish action is 1,600 characters"
 
 
