@@ -43,7 +43,7 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
 
     # http.server answers methods it has no do_X for with 501 and an HTML page; API Gateway answers
     # 405 (or 403). Hand every method to Chalice, which answers 405 with an Allow header.
-    def do_TRACE(self) -> None:  # noqa: N802 - stdlib naming
+    def do_TRACE(self) -> None:
         self._generic_handle()
 
     do_CONNECT = do_QUERY = do_PROPFIND = do_TRACE
