@@ -18,8 +18,8 @@ run: install
 	$(BIN)/bhiv up --demo
 
 lint: install
-	$(BIN)/ruff check src functions tests bench
-	$(BIN)/ruff format --check src functions tests bench
+	$(BIN)/ruff check src functions tests bench scripts
+	$(BIN)/ruff format --check src functions tests bench scripts
 
 typecheck: install
 	$(BIN)/mypy
@@ -28,6 +28,10 @@ typecheck: install
 
 test: install lint typecheck
 	$(BIN)/pytest
+
+# Schemathesis CLI against the three live services of a freshly started stack (auth on)
+contract: install
+	$(BIN)/python scripts/contract.py
 
 bench: install
 	$(BIN)/python bench/bench_bucket.py

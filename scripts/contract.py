@@ -34,14 +34,28 @@ def main() -> int:
                 url = getattr(stack, attr)
                 print(f"\n=== {spec} against {url} ===", flush=True)
                 command = [
-                    str(ROOT / ".venv" / "bin" / "schemathesis"), "run", str(ROOT / spec), "--url", url,
-                    "-H", f"Authorization: Bearer {stack.tokens[requester]}",
-                    "--checks", "all", "--mode", "all",
-                    "--phases", "examples,coverage,fuzzing,stateful",
-                    "--max-examples", max_examples, "--seed", "1",
-                    "--request-timeout", "30",
+                    str(ROOT / ".venv" / "bin" / "schemathesis"),
+                    "run",
+                    str(ROOT / spec),
+                    "--url",
+                    url,
+                    "-H",
+                    f"Authorization: Bearer {stack.tokens[requester]}",
+                    "--checks",
+                    "all",
+                    "--mode",
+                    "all",
+                    "--phases",
+                    "examples,coverage,fuzzing,stateful",
+                    "--max-examples",
+                    max_examples,
+                    "--seed",
+                    "1",
+                    "--request-timeout",
+                    "30",
                 ]
-                result = subprocess.run(command, cwd=ROOT, check=False)
+                env = {**os.environ, "SCHEMATHESIS_HOOKS": "scripts.contract_hooks", "PYTHONPATH": str(ROOT)}
+                result = subprocess.run(command, cwd=ROOT, check=False, env=env)
                 if result.returncode != 0:
                     failed.append(spec)
         finally:
