@@ -25,7 +25,8 @@ def _positive(case: Any) -> bool:
 def _future_reminders(payload: Any) -> None:
     if not isinstance(payload, dict):
         return
-    steps = payload.get("steps") if isinstance(payload.get("steps"), list) else [payload]
+    raw_steps = payload.get("steps")
+    steps: list[Any] = raw_steps if isinstance(raw_steps, list) else [payload]
     for step in steps:
         if isinstance(step, dict) and step.get("action_type") == "reminder" and isinstance(step.get("remind_at"), str):
             step["remind_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
