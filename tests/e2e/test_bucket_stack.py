@@ -129,3 +129,31 @@ def test_no_auth_serves_legacy_clients_and_ctrl_c_stops_cleanly(tmp_path: Path) 
     assert code == 0, legacy.output()
     assert "Stopped." in legacy.output()
     assert not (tmp_path / "legacy" / "stack.json").exists()
+
+
+def test_events_tail_follows_new_events_with_filters(stack: RunningStack) -> None:
+    import subprocess
+    import time
+
+    from tests.e2e.stack import BHIV
+
+    trace = f"tail-{os.getpid()}-{time.time_ns()}"
+    tail = subprocess.Popen(
+        [str(BHIV), "events", "tail", "--state-dir", str(stack.state_dir), "--trace-id", trace, "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        response = requests.post(
+            f"{stack.bucket_url}/core/write-event",
+            headers=stack.auth("workflow_executor"),
+            json={"requester_id": "workflow_executor", "event_data": {"event_type": "tailed", "trace_id": trace}},
+            timeout=5,
+        )
+        assert response.status_code == 201
+        assert tail.stdout is not None
+        line = tail.stdout.readline()  # blocks until tail prints; the test timeout bounds it
+        assert trace in line and "tailed" in line and response.json()["event_id"] in line
+    finally:
+        tail.terminate()
+        tail.wait(timeout=5)
