@@ -192,3 +192,18 @@ def test_tampered_or_foreign_cursor_is_refused(service: BucketService) -> None:
         service.list_events({"limit": "1", "cursor": payload[:-2] + "AA." + signature})
     with pytest.raises(BadRequest):
         service.list_events({"limit": "1", "event_type": "a", "cursor": cursor})
+
+
+def test_health_is_503_when_storage_is_unreachable(log: RecordingLog) -> None:
+    from bhiv.errors import StorageUnavailable
+
+    class DownStore(FakeEventStore):
+        def ping(self) -> None:
+            raise StorageUnavailable("connection refused")
+
+    auth = Authenticator({}, {})
+    down = BucketService(DownStore(), FakeStatsStore(), auth, log, b"secret")
+    status, body = down.health()
+    assert status == 503 and body["status"] == "unhealthy" and body["storage"]["status"] == "unreachable"
+    up = BucketService(FakeEventStore(), FakeStatsStore(), auth, log, b"secret")
+    assert up.health()[0] == 200
