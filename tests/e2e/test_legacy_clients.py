@@ -83,7 +83,12 @@ def test_the_original_diagnostic_flow_passes(legacy: RunningStack) -> None:
     event = mine[0]
     assert event["requester_id"] == "workflow_executor" and event["timestamp"]
     # the stats a user checks
-    stats = requests.get(f"{legacy.bucket_url}/core/stats", timeout=5).json()
+    # (aggregates come from the events stream: they trail a write by one poll, ~50 ms)
+    stats = poll_until(
+        lambda: requests.get(f"{legacy.bucket_url}/core/stats", timeout=5).json(),
+        lambda body: body["stats"]["events_received"] > 0,
+        timeout=2,
+    )
     assert stats["stats"]["events_received"] > 0
     # and Karma learned from it
     karma = poll_until(
