@@ -6,7 +6,6 @@ import argparse
 import json
 import signal
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -189,10 +188,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print("Press Ctrl-C to stop.")
     print("=" * BANNER_WIDTH, flush=True)
 
-    stop = threading.Event()
-
     def _on_signal(signum: int, frame: Any) -> None:
-        stop.set()
+        # Unwind the main thread (demo or wait) into the `finally` below. A flag set here and
+        # waited on with threading.Event can deadlock: the handler runs inside Event.wait.
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -214,9 +213,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                     )
                 )
                 print("\nThe stack keeps running; press Ctrl-C to stop.", flush=True)
-        while not stop.wait(0.5):
-            pass
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\nStopping the local stack...", flush=True)
         stack.stop()
         print("Stopped.", flush=True)
