@@ -368,3 +368,70 @@ def test_every_function_handler_resolves_to_a_callable(sam: dict[str, Any]) -> N
         handler = getattr(modules[key], attribute, None)
         assert callable(handler), f"{name}: {props['Handler']} in {props['CodeUri']} is not callable"
         inspect.signature(handler).bind({}, None)  # Lambda calls handler(event, context)
+
+
+# --- 6: alarms and log retention ------------------------------------------------------------------------
+
+
+def _alarms(cfn: dict[str, Any], namespace: str, metric: str) -> dict[str, dict[str, Any]]:
+    """Logical id of the resource an alarm watches (its only dimension) -> the alarm's properties."""
+    watched: dict[str, dict[str, Any]] = {}
+    for props in (res["Properties"] for res in _of_type(cfn, "AWS::CloudWatch::Alarm").values()):
+        if props.get("Namespace") == namespace and props.get("MetricName") == metric:
+            (dimension,) = props["Dimensions"]
+            target = _ref(dimension["Value"])
+            assert target is not None, props
+            watched[target] = props
+    return watched
+
+
+def _notifies_the_topic(props: dict[str, Any]) -> bool:
+    topic = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    return props.get("AlarmActions") == topic
+
+
+def test_every_dead_letter_queue_alarms_when_it_holds_a_message(cfn: dict[str, Any]) -> None:
+    queues = {_ref(p["DestinationConfig"]["OnFailure"]["Destination"]) for p in _stream_mappings(cfn).values()}
+    assert queues == {"BucketStatsDLQ", "KarmaDLQ"}
+    alarms = _alarms(cfn, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    for queue in queues:
+        props = alarms[str(queue)]
+        assert props["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
+        assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0), queue
+        assert _notifies_the_topic(props), queue
+
+
+def test_every_stream_consumer_alarms_when_it_falls_behind(cfn: dict[str, Any]) -> None:
+    alarms = _alarms(cfn, "AWS/Lambda", "IteratorAge")
+    for function in _stream_mappings(cfn):
+        props = alarms[function]
+        assert props["Dimensions"][0]["Name"] == "FunctionName"
+        assert props["Statistic"] == "Maximum", function
+        assert props["ComparisonOperator"] == "GreaterThanThreshold", function
+        assert 0 < props["Threshold"] <= 300_000, function  # milliseconds behind the stream
+        assert _notifies_the_topic(props), function
+
+
+def test_every_function_alarms_on_errors_and_keeps_logs_for_a_bounded_time(cfn: dict[str, Any]) -> None:
+    functions = set(_of_type(cfn, "AWS::Lambda::Function"))
+    assert len(functions) == 6
+    alarms = _alarms(cfn, "AWS/Lambda", "Errors")
+    assert set(alarms) == functions
+    for function, props in alarms.items():
+        assert props["Dimensions"][0]["Name"] == "FunctionName"
+        assert (props["Statistic"], props["ComparisonOperator"], props["Threshold"]) == (
+            "Sum",
+            "GreaterThanThreshold",
+            0,
+        ), function
+        assert _notifies_the_topic(props), function
+
+    groups = {
+        res["Properties"]["LogGroupName"]["Fn::Sub"]: res["Properties"]
+        for res in _of_type(cfn, "AWS::Logs::LogGroup").values()
+    }
+    assert set(groups) == {f"/aws/lambda/${{{function}}}" for function in functions}
+    for props in groups.values():
+        assert props["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
+    assert cfn["Parameters"]["LogRetentionInDays"]["Default"] == 30
+    assert cfn["Parameters"]["AlarmTopicArn"]["Default"] == ""

@@ -1,0 +1,355 @@
+"""Generate the deployable template: template.yaml with the OpenAPI specs of openapi/ at the edge.
+
+    python scripts/build_template.py [--template template.yaml] [--out build/template.yaml]
+    sam build --template build/template.yaml && sam deploy --guided
+
+Each ``AWS::Serverless::Api`` of ``APIS`` gets a ``DefinitionBody`` generated from its spec, so API
+Gateway validates request bodies and parameters before a function runs. The specs are never copied
+into template.yaml by hand; template.yaml stays deployable on its own (its ``Api`` events describe
+the same routes, without validation), and the drift tests keep events, specs and Chalice routes equal.
+
+Per operation the generated definition adds
+
+* ``x-amazon-apigateway-integration``: Lambda proxy (``aws_proxy``, ``POST``) to the function whose
+  ``Api`` event in template.yaml serves that path and method (an operation no event serves, or an
+  event no operation describes, is an error: the definition and the events must agree);
+* ``x-amazon-apigateway-request-validator: all``, with the document-level validator ``all``
+  (``validateRequestBody`` and ``validateRequestParameters``).
+
+API Gateway imports a subset of OpenAPI 3.0 (its "important notes for REST APIs"): models are JSON
+Schema draft 4 and several keywords are unsupported. What the import would reject, ignore or
+misread is converted here, never in the specs (which the local stack and Schemathesis use as they
+are). Every conversion only *loosens* what the gateway checks; the function still validates
+everything the spec says, so no request the spec allows is refused at the edge:
+
+``servers``, ``security``, ``components.securitySchemes``
+    dropped: ``servers`` names the local stack; the only importable scheme type is ``apiKey``
+    (bearer tokens are ``type: http``), and the functions check the tokens themselves.
+response ``content``, ``headers``, ``links`` and ``components.responses``
+    dropped (each response keeps its status and description): responses are not validated, a
+    method response's schema must be an object (``oneOf`` in the Executor's 200 is not), and
+    ``$ref`` to a reference response is not supported. Schemas only responses used go with them.
+``$ref`` to ``components.parameters``
+    inlined. Parameters keep ``name``, ``in``, ``required``, ``description`` and their schema's
+    ``type``: the gateway checks only that required parameters are present.
+``example``, ``examples``, ``default``, ``readOnly``, ``writeOnly``, ``deprecated``, ``discriminator``, ``xml``
+    dropped from schemas and media types (annotations the import does not support).
+``nullable: true``
+    not a draft-4 keyword; the import would keep ``type`` and refuse ``null``. The schema drops
+    ``type`` (and ``nullable``) and keeps its other keywords, which draft 4 applies only to values
+    of their type, and ``null`` is added to an ``enum``: ``null`` and the right type pass.
+``oneOf``
+    becomes ``anyOf`` (``oneOf`` is not supported by the import); none of the request schemas uses it.
+``exclusiveMinimum`` / ``exclusiveMaximum``
+    dropped (not supported); ``minimum`` / ``maximum`` stay.
+``format`` ``int32``, ``int64``, ``decimal``
+    dropped (not supported); ``date-time`` and the others stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from bhiv.local.template import _CfnLoader  # noqa: E402
+
+# API resource of template.yaml -> its spec (relative to the repository root)
+APIS = {
+    "BucketApi": "openapi/bucket.yaml",
+    "KarmaApi": "openapi/karma.yaml",
+    "ExecutorApi": "openapi/executor.yaml",
+}
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+VALIDATOR = "all"
+REQUEST_VALIDATORS = {VALIDATOR: {"validateRequestBody": True, "validateRequestParameters": True}}
+INTEGRATION_URI = (
+    "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/${%s.Arn}/invocations"
+)
+# Annotations the import does not support, dropped from schemas and media types.
+DROPPED_KEYWORDS = frozenset(
+    {"example", "examples", "default", "readOnly", "writeOnly", "deprecated", "discriminator", "xml"}
+)
+DROPPED_FORMATS = frozenset({"int32", "int64", "decimal"})
+PARAMETER_KEYS = ("name", "in", "required", "description")
+# Requests refused by a validator get the services' error envelope instead of API Gateway's default.
+GATEWAY_RESPONSES = {
+    kind: {
+        "statusCode": 400,
+        "responseTemplates": {
+            "application/json": (
+                '{"success": false, "error": {"code": "'
+                + code
+                + '", "message": "$context.error.validationErrorString"}}'
+            )
+        },
+    }
+    for kind, code in (("BAD_REQUEST_BODY", "invalid_body"), ("BAD_REQUEST_PARAMETERS", "invalid_parameter"))
+}
+
+Route = tuple[str, str]  # (path, lower-case method)
+
+
+class BuildError(Exception):
+    """The template and the specs disagree (a route without its other half)."""
+
+
+# --- schemas ---------------------------------------------------------------------------------------
+
+
+def convert_schema(schema: Any) -> Any:
+    """A request schema of a spec as API Gateway's model import takes it (see the module docstring)."""
+    if isinstance(schema, list):
+        return [convert_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in DROPPED_KEYWORDS or key in ("exclusiveMinimum", "exclusiveMaximum"):
+            continue
+        if key == "format" and value in DROPPED_FORMATS:
+            continue
+        if key in ("properties", "patternProperties", "definitions"):
+            out[key] = {name: convert_schema(sub) for name, sub in value.items()}
+        elif key == "oneOf":
+            out["anyOf"] = convert_schema(value)
+        elif key in ("enum", "required"):
+            out[key] = copy.deepcopy(value)
+        else:
+            out[key] = convert_schema(value)
+    if out.pop("nullable", False) is True:
+        out.pop("type", None)
+        if "enum" in out and None not in out["enum"]:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+def _refs(node: Any) -> set[str]:
+    """Names of the component schemas a node references."""
+    if isinstance(node, list):
+        return {name for item in node for name in _refs(item)}
+    if not isinstance(node, dict):
+        return set()
+    found = set()
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+        found.add(ref.rsplit("/", 1)[1])
+    for value in node.values():
+        found |= _refs(value)
+    return found
+
+
+def _reachable(roots: set[str], schemas: dict[str, Any]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        if name not in schemas:
+            raise BuildError(f"$ref to missing schema {name!r} (external references are not supported)")
+        seen.add(name)
+        todo.extend(_refs(schemas[name]) - seen)
+    return seen
+
+
+# --- operations ------------------------------------------------------------------------------------
+
+
+def _resolve_parameter(parameter: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    ref = parameter.get("$ref")
+    if isinstance(ref, str):
+        prefix = "#/components/parameters/"
+        if not ref.startswith(prefix):
+            raise BuildError(f"unsupported parameter reference {ref!r}")
+        resolved: dict[str, Any] = spec["components"]["parameters"][ref[len(prefix) :]]
+        return resolved
+    return parameter
+
+
+def convert_parameter(parameter: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    resolved = _resolve_parameter(parameter, spec)
+    out = {key: copy.deepcopy(resolved[key]) for key in PARAMETER_KEYS if key in resolved}
+    kind = (resolved.get("schema") or {}).get("type")
+    out["schema"] = {"type": kind} if kind else {}
+    return out
+
+
+def _convert_responses(responses: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for status, response in responses.items():
+        ref = response.get("$ref")
+        if isinstance(ref, str):
+            response = spec["components"]["responses"][ref.rsplit("/", 1)[1]]
+        out[str(status)] = {"description": response.get("description") or ""}
+    return out
+
+
+def _integration(function: str) -> dict[str, Any]:
+    return {
+        "type": "aws_proxy",
+        "httpMethod": "POST",
+        "uri": {"Fn::Sub": INTEGRATION_URI % function},
+        "passthroughBehavior": "when_no_match",
+    }
+
+
+def convert_operation(
+    operation: dict[str, Any], path_parameters: list[Any], spec: dict[str, Any], function: str
+) -> Any:
+    out: dict[str, Any] = {}
+    for key in ("operationId", "summary", "description", "tags"):
+        if key in operation:
+            out[key] = copy.deepcopy(operation[key])
+    by_name: dict[tuple[str, str], dict[str, Any]] = {}
+    for parameter in [*path_parameters, *(operation.get("parameters") or [])]:  # operation-level wins
+        converted = convert_parameter(parameter, spec)
+        by_name[(converted["name"], converted["in"])] = converted
+    if by_name:
+        out["parameters"] = list(by_name.values())
+    body = operation.get("requestBody")
+    if body:
+        if "$ref" in body:
+            raise BuildError("requestBody $ref is not supported: inline it in the spec")
+        out["requestBody"] = {
+            **({"description": body["description"]} if "description" in body else {}),
+            "required": bool(body.get("required", False)),
+            "content": {
+                media: {"schema": convert_schema(content.get("schema") or {})}
+                for media, content in (body.get("content") or {}).items()
+            },
+        }
+    out["responses"] = _convert_responses(operation.get("responses") or {}, spec)
+    out["x-amazon-apigateway-request-validator"] = VALIDATOR
+    out["x-amazon-apigateway-integration"] = _integration(function)
+    return out
+
+
+def definition_body(spec: dict[str, Any], routes: dict[Route, str]) -> dict[str, Any]:
+    """The DefinitionBody of an API: ``spec`` converted, each operation integrated with routes' function."""
+    if not str(spec.get("openapi", "")).startswith("3.0"):
+        raise BuildError(f"API Gateway imports OpenAPI 3.0, not {spec.get('openapi')!r}")
+    paths: dict[str, Any] = {}
+    served: set[Route] = set()
+    for path, item in spec["paths"].items():
+        converted_item: dict[str, Any] = {}
+        for method in HTTP_METHODS:
+            if method not in item:
+                continue
+            function = routes.get((path, method))
+            if function is None:
+                raise BuildError(f"{method.upper()} {path} of the spec has no Api event in template.yaml")
+            served.add((path, method))
+            converted_item[method] = convert_operation(item[method], item.get("parameters") or [], spec, function)
+        paths[path] = converted_item
+    unserved = set(routes) - served
+    if unserved:
+        raise BuildError(f"Api events in template.yaml with no operation in the spec: {sorted(unserved)}")
+
+    components = spec.get("components") or {}
+    request_schemas = _refs(paths)
+    schemas = components.get("schemas") or {}
+    kept = _reachable(request_schemas, schemas)
+    body: dict[str, Any] = {
+        "openapi": spec["openapi"],
+        "info": {key: copy.deepcopy(spec["info"][key]) for key in ("title", "version") if key in spec["info"]},
+        "paths": paths,
+        "x-amazon-apigateway-request-validators": copy.deepcopy(REQUEST_VALIDATORS),
+        "x-amazon-apigateway-gateway-responses": copy.deepcopy(GATEWAY_RESPONSES),
+    }
+    if kept:
+        body["components"] = {"schemas": {name: convert_schema(schemas[name]) for name in schemas if name in kept}}
+    for name in kept:
+        if not name.isalnum():
+            raise BuildError(f"model names must be alphanumeric: {name!r}")
+    return body
+
+
+# --- the template ------------------------------------------------------------------------------------
+
+
+def _ref_name(value: Any) -> str | None:
+    if isinstance(value, dict) and "Ref" in value:
+        return str(value["Ref"])
+    return None
+
+
+def api_routes(template: dict[str, Any], api: str) -> dict[Route, str]:
+    """(path, method) -> function, from the ``Api`` events of the functions that name ``api``."""
+    routes: dict[Route, str] = {}
+    for name, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::Serverless::Function":
+            continue
+        for event in ((resource.get("Properties") or {}).get("Events") or {}).values():
+            props = event.get("Properties") or {}
+            if event.get("Type") != "Api" or _ref_name(props.get("RestApiId")) != api:
+                continue
+            route = (str(props["Path"]), str(props["Method"]).lower())
+            if route in routes:
+                raise BuildError(f"{route} of {api} is served by both {routes[route]} and {name}")
+            routes[route] = name
+    return routes
+
+
+def _relocate(uri: Any, source_dir: Path, out_dir: Path) -> Any:
+    """A local CodeUri/ContentUri relative to the built template's directory (as sam build resolves it)."""
+    if not isinstance(uri, str) or "://" in uri or os.path.isabs(uri):
+        return uri
+    relative = os.path.relpath(source_dir / uri, out_dir)
+    return relative + ("/" if uri.endswith("/") else "")
+
+
+def build(template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path) -> dict[str, Any]:
+    built = copy.deepcopy(template)
+    resources = built["Resources"]
+    for api, spec_path in APIS.items():
+        resource = resources.get(api)
+        if resource is None or resource.get("Type") != "AWS::Serverless::Api":
+            raise BuildError(f"template has no AWS::Serverless::Api {api}")
+        spec = yaml.safe_load((root / spec_path).read_text(encoding="utf-8"))
+        props = resource.setdefault("Properties", {})
+        if "DefinitionBody" in props or "DefinitionUri" in props:
+            raise BuildError(f"{api} already has a definition: the specs are generated in, not copied")
+        props["DefinitionBody"] = definition_body(spec, api_routes(template, api))
+    for resource in resources.values():
+        props = resource.get("Properties") or {}
+        for key in ("CodeUri", "ContentUri"):
+            if key in props:
+                props[key] = _relocate(props[key], source_dir, out_dir)
+    return built
+
+
+def load(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--template", type=Path, default=ROOT / "template.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "template.yaml")
+    args = parser.parse_args(argv)
+    source: Path = args.template.resolve()
+    out: Path = args.out.resolve()
+    try:
+        built = build(load(source), ROOT, source.parent, out.parent)
+    except BuildError as error:
+        print(f"build_template: {error}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# Generated by scripts/build_template.py from {os.path.relpath(source, out.parent)} and openapi/.\n"
+    out.write_text(header + yaml.safe_dump(built, sort_keys=False, width=120, allow_unicode=True), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
