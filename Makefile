@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: install run test lint typecheck unit contract bench clean
+.PHONY: install run test lint typecheck unit contract bench package clean
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -38,6 +38,10 @@ bench: install
 	$(BIN)/python bench/bench_karma.py
 	$(BIN)/python bench/bench_executor.py
 	$(BIN)/python bench/bench_durability.py
+
+# Deployment artifacts for template.yaml: build/layer/python (bhiv + locked runtime deps for Lambda) and build/functions/*
+package: install
+	$(BIN)/python scripts/package.py
 
 clean:
 	rm -rf $(VENV) .bhiv .mypy_cache .ruff_cache

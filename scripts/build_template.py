@@ -324,6 +324,11 @@ def build(template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path)
         for key in ("CodeUri", "ContentUri"):
             if key in props:
                 props[key] = _relocate(props[key], source_dir, out_dir)
+        if resource.get("Type") == "AWS::Serverless::LayerVersion":
+            # Deploy the layer `make package` built for the Lambda platform (the bhiv package, its
+            # contracts and the pinned dependencies), as is: no rebuild from src/ by sam build.
+            props["ContentUri"] = _relocate("build/layer/", root, out_dir)
+            resource.pop("Metadata", None)
     return built
 
 

@@ -75,7 +75,13 @@ def cfn(built: dict[str, Any], built_path: Path, offline: None) -> dict[str, Any
         for key in ("CodeUri", "ContentUri"):
             if key in props:
                 # sam build resolves local paths against the built template's directory
-                assert (built_path.parent / props[key]).is_dir(), f"{name}.{key} {props[key]!r}"
+                target = (built_path.parent / props[key]).resolve()
+                if resource["Type"] == "AWS::Serverless::LayerVersion":
+                    # the layer `make package` builds for the Lambda platform, deployed as is
+                    assert target == (ROOT / "build" / "layer").resolve(), f"{name}.{key} {props[key]!r}"
+                    assert "Metadata" not in resource
+                else:
+                    assert target.is_dir(), f"{name}.{key} {props[key]!r}"
                 props[key] = f"s3://bhiv-artifacts/{name}.zip"
     loader: Any = _NoIamManagedPolicyLoader()
     transformed: dict[str, Any] = transform(packaged, dict(PSEUDO_PARAMETERS), loader)
