@@ -127,9 +127,9 @@ def _token_hashes_from_env() -> dict[str, str]:
         return {rid: hash_token(str(tok)) for rid, tok in tokens.items()}
     parameter = os.environ.get("BHIV_TOKEN_HASHES_PARAMETER")
     if parameter:
-        import boto3
+        from bhiv.storage import aws
 
-        value = boto3.client("ssm").get_parameter(Name=parameter, WithDecryption=True)
+        value = aws.client("ssm").get_parameter(Name=parameter, WithDecryption=True)
         return {str(k): str(v) for k, v in json.loads(value["Parameter"]["Value"]).items()}
     return {}
 
