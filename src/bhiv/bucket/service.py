@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from bhiv.auth import Authenticator, Principal
 from bhiv.bucket import domain
 from bhiv.contracts import event_type_errors
-from bhiv.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
+from bhiv.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, StorageUnavailable, Unprocessable
 from bhiv.storage.events import EventPage, EventQuery
 from bhiv.validation import raise_for_errors, schema_errors
 
@@ -238,8 +238,6 @@ class BucketService:
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        from bhiv.errors import StorageUnavailable
-
         try:
             self._events.ping()
             totals = self._stats.totals()

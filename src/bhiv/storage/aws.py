@@ -32,3 +32,22 @@ def table_name(env_var: str) -> str:
     if not name:
         raise RuntimeError(f"{env_var} is not set (the table name comes from template.yaml)")
     return name
+
+
+def batch_get(
+    client: Any, table: str, keys: list[dict[str, Any]], projection: str | None = None
+) -> list[dict[str, Any]]:
+    """Consistent BatchGetItem of any number of keys: chunks of 100, unprocessed keys retried."""
+    found: list[dict[str, Any]] = []
+    pending = list({repr(sorted(k.items())): k for k in keys}.values())  # BatchGetItem refuses duplicates
+    while pending:
+        chunk, pending = pending[:100], pending[100:]
+        spec: dict[str, Any] = {"Keys": chunk, "ConsistentRead": True}
+        if projection:
+            spec["ProjectionExpression"] = projection
+        request: dict[str, Any] = {table: spec}
+        while request:
+            response = client.batch_get_item(RequestItems=request)
+            found.extend(response.get("Responses", {}).get(table, []))
+            request = response.get("UnprocessedKeys") or {}
+    return found

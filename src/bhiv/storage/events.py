@@ -9,6 +9,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bhiv.bucket.domain import FEED, NewEvent
 from bhiv.errors import StorageUnavailable
+from bhiv.storage.aws import batch_get
 
 # Filters in order of selectivity: the first one present picks the index, the rest filter.
 INDEX_FOR_FILTER = {
@@ -161,18 +162,8 @@ class EventStore:
         raise StorageUnavailable("batch append kept conflicting with concurrent writers")
 
     def _batch_get(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        keys = [{"event_id": {"S": event_id}} for event_id in event_ids]
-        while keys:
-            chunk, keys = keys[:100], keys[100:]
-            request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True}}
-            while request:
-                resp = self._client.batch_get_item(RequestItems=request)
-                for raw in resp.get("Responses", {}).get(self._table, []):
-                    item = from_item(raw)
-                    found[item["event_id"]] = item
-                request = resp.get("UnprocessedKeys") or {}
-        return found
+        items = batch_get(self._client, self._table, [{"event_id": {"S": e}} for e in event_ids])
+        return {item["event_id"]: item for item in map(from_item, items)}
 
     @storage_errors
     def get(self, event_id: str) -> dict[str, Any] | None:

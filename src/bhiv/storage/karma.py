@@ -16,6 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from bhiv.karma.engine import QTable, UserState
+from bhiv.storage.aws import batch_get
 from bhiv.storage.events import storage_errors
 
 MARKER_TTL_SECONDS = 2 * 24 * 3600
@@ -99,18 +100,8 @@ class KarmaStore:
 
     @storage_errors
     def users(self, user_ids: list[str]) -> dict[str, UserState]:
-        found: dict[str, UserState] = {}
-        keys = [{"pk": {"S": f"user#{u}"}, "sk": {"S": "state"}} for u in dict.fromkeys(user_ids)]
-        while keys:
-            chunk, keys = keys[:100], keys[100:]
-            request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True}}
-            while request:
-                resp = self._client.batch_get_item(RequestItems=request)
-                for item in resp.get("Responses", {}).get(self._table, []):
-                    user = user_from_item(item)
-                    found[user.user_id] = user
-                request = resp.get("UnprocessedKeys") or {}
-        return found
+        keys = [{"pk": {"S": f"user#{u}"}, "sk": {"S": "state"}} for u in user_ids]
+        return {user.user_id: user for user in map(user_from_item, batch_get(self._client, self._table, keys))}
 
     @storage_errors
     def qtable(self, policy_version: str) -> QTable | None:
@@ -121,18 +112,8 @@ class KarmaStore:
 
     @storage_errors
     def existing_markers(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        found: set[tuple[str, str]] = set()
-        unique = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in dict.fromkeys(keys)]
-        while unique:
-            chunk, unique = unique[:100], unique[100:]
-            request: dict[str, Any] = {
-                self._table: {"Keys": chunk, "ConsistentRead": True, "ProjectionExpression": "pk, sk"}
-            }
-            while request:
-                resp = self._client.batch_get_item(RequestItems=request)
-                found.update((i["pk"]["S"], i["sk"]["S"]) for i in resp.get("Responses", {}).get(self._table, []))
-                request = resp.get("UnprocessedKeys") or {}
-        return found
+        wanted = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys]
+        return {(i["pk"]["S"], i["sk"]["S"]) for i in batch_get(self._client, self._table, wanted, "pk, sk")}
 
     @storage_errors
     def counters(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from bhiv.storage.aws import batch_get
 from bhiv.storage.events import storage_errors
 
 MARKER_TTL_SECONDS = 2 * 24 * 3600  # longer than the stream's 24 h retention
@@ -146,18 +147,8 @@ class StatsStore:
         }
 
     def _existing(self, pk: str, sks: list[str]) -> set[str]:
-        found: set[str] = set()
-        keys = [self._key(pk, sk) for sk in dict.fromkeys(sks)]
-        while keys:
-            chunk, keys = keys[:100], keys[100:]
-            request: dict[str, Any] = {
-                self._table: {"Keys": chunk, "ConsistentRead": True, "ProjectionExpression": "sk"}
-            }
-            while request:
-                resp = self._client.batch_get_item(RequestItems=request)
-                found.update(i["sk"]["S"] for i in resp.get("Responses", {}).get(self._table, []))
-                request = resp.get("UnprocessedKeys") or {}
-        return found
+        keys = [self._key(pk, sk) for sk in sks]
+        return {item["sk"]["S"] for item in batch_get(self._client, self._table, keys, "sk")}
 
     def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
         item = self._client.get_item(TableName=self._table, Key=self._key(pk, sk), ConsistentRead=True).get("Item")
