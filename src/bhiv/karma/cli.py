@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -140,7 +141,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         return 0 if not differing and q_equal else 1
     for user in rebuilt.users.values():
         current = live.get(user.user_id)
-        item = user_to_item(user.__class__(**{**user.__dict__, "version": (current.version + 1) if current else 1}))
+        item = user_to_item(dataclasses.replace(user, version=(current.version + 1) if current else 1))
         client.put_item(TableName="KarmaTable", Item=item)
     if rebuilt.qtable is not None:
         client.put_item(
