@@ -86,6 +86,7 @@ class DurableState:
         self.truncated_bytes = 0
         self.writes_since_compaction = 0
         self.compactions = 0
+        self.items_at_compaction = 0  # items in the last snapshot: replay should stay cheaper than their load
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -99,6 +100,7 @@ class DurableState:
             snapshot = json.loads(self.snapshot_path.read_text(encoding="utf-8"))
             self.generation = int(snapshot["generation"])
             self.loaded_items = self._load_tables(snapshot["tables"])
+            self.items_at_compaction = self.loaded_items
             streams = snapshot.get("streams") or {}
         self._restore_streams(streams)
         for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
@@ -291,6 +293,7 @@ class DurableState:
             }
             generation = self.generation + 1
             self.generation = generation
+            self.items_at_compaction = sum(len(items) for items in tables.values())
             cut = 0
             if self._journal is not None:
                 self._journal.flush()
