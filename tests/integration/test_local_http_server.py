@@ -152,3 +152,23 @@ def test_slow_clients_are_cut_off_and_others_are_served(
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_kept_alive_connections_send_without_nagle(
+    bucket: tuple[str, MotoEnv], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chalice local writes headers and body separately; with Nagle on, each kept-alive request
+    waits for the peer's delayed ACK (~43 ms). The servers' sockets must have TCP_NODELAY (the
+    latency itself is measured in bench/, not asserted here)."""
+    url, _ = bucket
+    seen: list[int] = []
+    original = local_server.NoDelayRequestHandler.setup
+
+    def setup(self: local_server.NoDelayRequestHandler) -> None:
+        original(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(local_server.NoDelayRequestHandler, "setup", setup)
+    session = requests.Session()
+    assert all(session.get(f"{url}/health", timeout=30).status_code == 200 for _ in range(5))
+    assert seen == [1]  # one kept-alive connection, Nagle off
