@@ -143,6 +143,17 @@ def gateway_responses() -> dict[str, Any]:
 
 Route = tuple[str, str]  # (path, lower-case method)
 
+REQUESTERS = ROOT / "src" / "bhiv" / "requesters.yaml"
+# The routes the functions rate-limit per requester (token buckets configured in requesters.yaml),
+# with the scope a caller needs there. At the edge each gets the sum of the limits of the requesters
+# that may call it: no requester within its own limit is throttled by the gateway, and the gateway
+# caps the route at what all of them together may send.
+RATE_LIMITED_ROUTES: dict[str, dict[Route, str]] = {
+    "BucketApi": {("/core/write-event", "post"): "events:write", ("/core/write-events", "post"): "events:write"},
+    "KarmaApi": {("/v1/event", "post"): "karma:write"},
+    "ExecutorApi": {("/api/workflow/execute", "post"): "workflows:execute"},
+}
+
 
 class BuildError(Exception):
     """The template and the specs disagree (a route without its other half)."""
@@ -388,6 +399,42 @@ def definition_body(spec: dict[str, Any], routes: dict[Route, str]) -> dict[str,
     return body
 
 
+# --- throttling --------------------------------------------------------------------------------------
+
+
+def method_setting_path(path: str) -> str:
+    """A path as a stage's MethodSetting names it: ``/core/events`` is ``/~1core~1events``."""
+    return "/" + path.replace("/", "~1")
+
+
+def route_throttles(requesters: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per API, the MethodSettings throttling each rate-limited route (see RATE_LIMITED_ROUTES).
+
+    A route any of whose callers is unlimited (``rate_limit: null``), or a requesters file without
+    rate limits, gets no route limit: the stage's limit (template.yaml) is all that applies.
+    """
+    default = (requesters.get("rate_limits") or {}).get("default")
+    settings: dict[str, list[dict[str, Any]]] = {}
+    for api, routes in RATE_LIMITED_ROUTES.items():
+        for (path, method), scope in routes.items():
+            limits = [
+                entry.get("rate_limit", default)
+                for entry in (requesters.get("requesters") or {}).values()
+                if scope in (entry.get("scopes") or [])
+            ]
+            if not limits or any(limit is None for limit in limits):
+                continue
+            settings.setdefault(api, []).append(
+                {
+                    "ResourcePath": method_setting_path(path),
+                    "HttpMethod": method.upper(),
+                    "ThrottlingRateLimit": float(sum(limit["per_second"] for limit in limits)),
+                    "ThrottlingBurstLimit": int(sum(limit["burst"] for limit in limits)),
+                }
+            )
+    return settings
+
+
 # --- the template ------------------------------------------------------------------------------------
 
 
@@ -422,9 +469,14 @@ def _relocate(uri: Any, source_dir: Path, out_dir: Path) -> Any:
     return relative + ("/" if uri.endswith("/") else "")
 
 
-def build(template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path) -> dict[str, Any]:
+def build(
+    template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path, requesters: dict[str, Any] | None = None
+) -> dict[str, Any]:
     built = copy.deepcopy(template)
     resources = built["Resources"]
+    if requesters is None:
+        requesters = yaml.safe_load(REQUESTERS.read_text(encoding="utf-8"))
+    throttles = route_throttles(requesters)
     for api, spec_path in APIS.items():
         resource = resources.get(api)
         if resource is None or resource.get("Type") != "AWS::Serverless::Api":
@@ -434,6 +486,18 @@ def build(template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path)
         if "DefinitionBody" in props or "DefinitionUri" in props:
             raise BuildError(f"{api} already has a definition: the specs are generated in, not copied")
         props["DefinitionBody"] = definition_body(spec, api_routes(template, api))
+        existing = props.get("MethodSettings") or []
+        for setting in throttles.get(api, []):
+            if any(
+                (other.get("ResourcePath"), other.get("HttpMethod")) == (setting["ResourcePath"], setting["HttpMethod"])
+                for other in existing
+            ):
+                raise BuildError(
+                    f"{api} throttles {setting['HttpMethod']} {setting['ResourcePath']} in template.yaml: "
+                    "route limits come from src/bhiv/requesters.yaml"
+                )
+        if throttles.get(api):
+            props["MethodSettings"] = [*existing, *throttles[api]]
     for resource in resources.values():
         props = resource.get("Properties") or {}
         for key in ("CodeUri", "ContentUri"):

@@ -457,3 +457,96 @@ def test_a_hand_copied_definition_is_refused(source: dict[str, Any]) -> None:
     copied["Resources"]["ExecutorApi"]["Properties"]["DefinitionBody"] = {"openapi": "3.0.3", "paths": {}}
     with pytest.raises(build_template.BuildError, match="ExecutorApi"):
         build_template.build(copied, ROOT, ROOT, ROOT / "build")
+
+
+# --- throttling: stage-wide in template.yaml, per write route from requesters.yaml ------------------------
+
+LIMITED_REQUESTERS = {
+    "rate_limits": {"default": {"per_second": 20, "burst": 200}},
+    "requesters": {
+        "writer": {"scopes": ["events:write"], "rate_limit": {"per_second": 100, "burst": 1000}},
+        "core": {"scopes": ["events:write", "karma:write", "workflows:execute"]},
+        "reader": {"scopes": ["events:read"], "rate_limit": {"per_second": 1, "burst": 1}},
+        "ops": {"scopes": ["workflows:execute"], "rate_limit": None},
+    },
+}
+
+
+def _stage_settings(cfn: dict[str, Any], api: str) -> dict[tuple[str, str], dict[str, Any]]:
+    stages = [
+        res
+        for res in cfn["Resources"].values()
+        if res["Type"] == "AWS::ApiGateway::Stage" and res["Properties"]["RestApiId"] == {"Ref": api}
+    ]
+    assert len(stages) == 1, api
+    return {(s["ResourcePath"], s["HttpMethod"]): s for s in stages[0]["Properties"].get("MethodSettings", [])}
+
+
+def test_every_stage_is_throttled(cfn: dict[str, Any], source: dict[str, Any]) -> None:
+    for api in build_template.APIS:
+        stage_wide = _stage_settings(cfn, api)[("/*", "*")]
+        assert stage_wide["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRate"}, api
+        assert stage_wide["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurst"}, api
+    plan = cfn["Resources"]["ApiUsagePlan"]["Properties"]
+    assert {stage["ApiId"]["Ref"] for stage in plan["ApiStages"]} == set(build_template.APIS)
+    assert plan["Throttle"] == {"RateLimit": {"Ref": "ApiThrottleRate"}, "BurstLimit": {"Ref": "ApiThrottleBurst"}}
+
+
+def test_write_routes_are_throttled_at_the_sum_of_their_callers_limits(source: dict[str, Any], offline: None) -> None:
+    built = build_template.build(source, ROOT, ROOT, ROOT / "build", LIMITED_REQUESTERS)
+    settings = {
+        api: {
+            (s["ResourcePath"], s["HttpMethod"]): s
+            for s in built["Resources"][api]["Properties"].get("MethodSettings", [])
+        }
+        for api in build_template.APIS
+    }
+    write = settings["BucketApi"][("/~1core~1write-event", "POST")]
+    assert (write["ThrottlingRateLimit"], write["ThrottlingBurstLimit"]) == (120, 1200)  # writer + core
+    batch = settings["BucketApi"][("/~1core~1write-events", "POST")]
+    assert (batch["ThrottlingRateLimit"], batch["ThrottlingBurstLimit"]) == (120, 1200)
+    direct = settings["KarmaApi"][("/~1v1~1event", "POST")]
+    assert (direct["ThrottlingRateLimit"], direct["ThrottlingBurstLimit"]) == (20, 200)  # core (the default)
+    assert ("/~1api~1workflow~1execute", "POST") not in settings["ExecutorApi"]  # ops is unlimited
+    assert settings["ExecutorApi"] == {}  # the stage-wide limit comes from template.yaml's Globals
+    # what API Gateway gets after the transform: the stage carries the routes' limits
+    packaged = copy.deepcopy(built)
+    for resource in packaged["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in (resource.get("Properties") or {}):
+                resource["Properties"][key] = "s3://bhiv-artifacts/code.zip"
+    cfn = transform(packaged, dict(PSEUDO_PARAMETERS), _NoIamManagedPolicyLoader())
+    assert _stage_settings(cfn, "BucketApi")[("/~1core~1write-event", "POST")]["ThrottlingRateLimit"] == 120
+
+
+def test_route_limits_come_from_requesters_yaml_only(source: dict[str, Any]) -> None:
+    duplicated = copy.deepcopy(source)
+    duplicated["Resources"]["BucketApi"]["Properties"]["MethodSettings"] = [
+        {"ResourcePath": "/~1core~1write-event", "HttpMethod": "POST", "ThrottlingRateLimit": 5}
+    ]
+    with pytest.raises(build_template.BuildError, match=r"requesters\.yaml"):
+        build_template.build(duplicated, ROOT, ROOT, ROOT / "build", LIMITED_REQUESTERS)
+
+
+def test_gateway_limits_are_in_line_with_the_local_ones(built: dict[str, Any], source: dict[str, Any]) -> None:
+    """Drift: no requester within its local limit is refused by a route or stage limit of the gateway."""
+    requesters = yaml.safe_load(build_template.REQUESTERS.read_text(encoding="utf-8"))
+    default = (requesters.get("rate_limits") or {}).get("default")
+    stage_rate = source["Parameters"]["ApiThrottleRate"]["Default"]
+    stage_burst = source["Parameters"]["ApiThrottleBurst"]["Default"]
+    for api, routes in build_template.RATE_LIMITED_ROUTES.items():
+        settings = {
+            (s["ResourcePath"], s["HttpMethod"]): s
+            for s in built["Resources"][api]["Properties"].get("MethodSettings", [])
+        }
+        for (path, method), scope in routes.items():
+            callers = [r for r in requesters["requesters"].values() if scope in r.get("scopes", [])]
+            limits = [r.get("rate_limit", default) for r in callers]
+            route = settings.get((build_template.method_setting_path(path), method.upper()))
+            if not limits or any(limit is None for limit in limits):
+                assert route is None, (api, path)  # unlimited locally: only the stage limit
+                continue
+            assert route is not None, (api, path)
+            assert route["ThrottlingRateLimit"] == sum(limit["per_second"] for limit in limits if limit), (api, path)
+            assert route["ThrottlingBurstLimit"] == sum(limit["burst"] for limit in limits if limit), (api, path)
+            assert route["ThrottlingRateLimit"] <= stage_rate and route["ThrottlingBurstLimit"] <= stage_burst
