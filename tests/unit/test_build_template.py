@@ -550,3 +550,29 @@ def test_gateway_limits_are_in_line_with_the_local_ones(built: dict[str, Any], s
             assert route["ThrottlingRateLimit"] == sum(limit["per_second"] for limit in limits if limit), (api, path)
             assert route["ThrottlingBurstLimit"] == sum(limit["burst"] for limit in limits if limit), (api, path)
             assert route["ThrottlingRateLimit"] <= stage_rate and route["ThrottlingBurstLimit"] <= stage_burst
+
+
+# --- the ai action's backend, per stage --------------------------------------------------------------------
+
+
+def test_the_executor_may_invoke_only_its_stages_bedrock_model(cfn: dict[str, Any], source: dict[str, Any]) -> None:
+    assert source["Parameters"]["AiBackend"]["Default"] == "deterministic-local"  # no model unless chosen
+    env = cfn["Resources"]["ExecutorFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["AI_BACKEND"] == {"Ref": "AiBackend"} and env["AI_MODEL_ID"] == {"Ref": "AiModelId"}
+    grants = []
+    for resource in cfn["Resources"].values():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        for policy in resource["Properties"].get("Policies") or []:
+            text = json.dumps(policy)
+            if "bedrock:" in text:
+                grants.append(policy)
+    assert len(grants) == 1
+    condition, granted, otherwise = grants[0]["Fn::If"]
+    assert condition == "UseBedrock" and otherwise == {"Ref": "AWS::NoValue"}
+    assert cfn["Conditions"]["UseBedrock"] == {"Fn::Equals": [{"Ref": "AiBackend"}, "bedrock"]}
+    (statement,) = granted["PolicyDocument"]["Statement"]
+    assert statement["Action"] in (["bedrock:InvokeModel"], "bedrock:InvokeModel")
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:bedrock:${AWS::Region}::foundation-model/${AiModelId}"
+    }
