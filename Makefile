@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python bench/bench_karma.py
 	$(BIN)/python bench/bench_executor.py
 	$(BIN)/python bench/bench_durability.py
+	$(BIN)/python bench/bench_shards.py
 
 # Deployment artifacts for template.yaml: build/layer/python (bhiv + locked runtime deps for Lambda) and build/functions/*
 package: install
