@@ -53,7 +53,7 @@ test: install lint typecheck sam-check
 
 # The deploy rehearsal on moto's server (CloudFormation stack, built handlers, API Gateway import)
 rehearse: install
-	$(BIN)/python scripts/rehearse.py
+	$(BIN)/pytest -m rehearsal tests/rehearsal
 
 # Schemathesis CLI against the three live services of a freshly started stack (auth on)
 contract: install
