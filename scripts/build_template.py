@@ -17,10 +17,14 @@ Per operation the generated definition adds
   (``validateRequestBody`` and ``validateRequestParameters``).
 
 API Gateway imports a subset of OpenAPI 3.0 (its "important notes for REST APIs"): models are JSON
-Schema draft 4 and several keywords are unsupported. What the import would reject, ignore or
-misread is converted here, never in the specs (which the local stack and Schemathesis use as they
-are). Every conversion only *loosens* what the gateway checks; the function still validates
-everything the spec says, so no request the spec allows is refused at the edge:
+Schema draft 4 *without* ``anyOf``, ``oneOf``, ``allOf``, ``not`` and ``additionalProperties``, and
+several other keywords are unsupported. What the import would reject, ignore or misread is
+converted here, never in the specs (which the local stack and Schemathesis use as they are). Every
+conversion only *loosens* what the gateway checks; the function still validates everything the
+spec says, so no request the spec allows is refused at the edge. After conversion every model is
+checked against ``SUPPORTED_KEYWORDS``: a keyword outside it fails the build (a new keyword in a
+spec needs a decision here, not a silent pass-through). docs/deploy.md has the table of which rule
+is enforced where.
 
 ``servers``, ``security``, ``components.securitySchemes``
     dropped: ``servers`` names the local stack; the only importable scheme type is ``apiKey``
@@ -31,19 +35,26 @@ response ``content``, ``headers``, ``links`` and ``components.responses``
     ``$ref`` to a reference response is not supported. Schemas only responses used go with them.
 ``$ref`` to ``components.parameters``
     inlined. Parameters keep ``name``, ``in``, ``required``, ``description`` and their schema's
-    ``type``: the gateway checks only that required parameters are present.
+    ``type``: the gateway checks only that required parameters are present (not their type,
+    format, pattern or range: the function does).
 ``example``, ``examples``, ``default``, ``readOnly``, ``writeOnly``, ``deprecated``, ``discriminator``, ``xml``
     dropped from schemas and media types (annotations the import does not support).
 ``nullable: true``
     not a draft-4 keyword; the import would keep ``type`` and refuse ``null``. The schema drops
     ``type`` (and ``nullable``) and keeps its other keywords, which draft 4 applies only to values
     of their type, and ``null`` is added to an ``enum``: ``null`` and the right type pass.
-``oneOf``
-    becomes ``anyOf`` (``oneOf`` is not supported by the import); none of the request schemas uses it.
-``exclusiveMinimum`` / ``exclusiveMaximum``
-    dropped (not supported); ``minimum`` / ``maximum`` stay.
-``format`` ``int32``, ``int64``, ``decimal``
-    dropped (not supported); ``date-time`` and the others stay.
+``allOf``
+    merged into the schema holding it (members' ``$ref`` resolved): ``required`` is the union
+    (exact), ``properties`` are merged with the first definition of a name winning (looser than
+    requiring both), other keywords are kept when no member disagrees.
+``anyOf``, ``oneOf``, ``not``, ``additionalProperties``
+    dropped (unsupported): typed event data, the workflow payload's alternatives, unknown fields.
+``exclusiveMinimum``, ``exclusiveMaximum``, ``minItems``, ``maxItems``, ``format``
+    dropped: unsupported or not documented as enforced; ``minimum`` / ``maximum`` stay.
+
+Each body is mapped for ``application/json`` and for ``$default``: the gateway validates a body only
+against the model of its content type, and the functions parse every body as JSON whatever its
+label, so without ``$default`` a ``text/plain`` body would skip the edge.
 """
 
 from __future__ import annotations
@@ -78,24 +89,70 @@ INTEGRATION_URI = (
 DROPPED_KEYWORDS = frozenset(
     {"example", "examples", "default", "readOnly", "writeOnly", "deprecated", "discriminator", "xml"}
 )
-DROPPED_FORMATS = frozenset({"int32", "int64", "decimal"})
+# Validation keywords the gateway does not support (or does not document as enforced): dropped, so
+# the edge checks less and the function, which validates the whole spec, checks the rest.
+LOOSENED_KEYWORDS = frozenset(
+    {"anyOf", "oneOf", "not", "additionalProperties", "exclusiveMinimum", "exclusiveMaximum"}
+    | {"minItems", "maxItems", "format"}
+)
+# Everything a generated model may contain. Anything else fails the build.
+SUPPORTED_KEYWORDS = frozenset(
+    {"$ref", "type", "properties", "required", "items", "enum", "minimum", "maximum"}
+    | {"minLength", "maxLength", "pattern", "title", "description"}
+)
 PARAMETER_KEYS = ("name", "in", "required", "description")
-# Requests refused by a validator get the services' error envelope instead of API Gateway's default.
-GATEWAY_RESPONSES = {
-    kind: {
-        "statusCode": 400,
-        "responseTemplates": {
-            "application/json": (
-                '{"success": false, "error": {"code": "'
-                + code
-                + '", "message": "$context.error.validationErrorString"}}'
-            )
-        },
-    }
-    for kind, code in (("BAD_REQUEST_BODY", "invalid_body"), ("BAD_REQUEST_PARAMETERS", "invalid_parameter"))
+# Bodies labelled with a content type the spec does not list are validated against this model key.
+DEFAULT_CONTENT = "$default"
+JSON_CONTENT = "application/json"
+
+# Answers API Gateway gives itself (the function never runs), in the services' error envelope and
+# with the status the function would give. ``statusCode`` None keeps the gateway's own status
+# (DEFAULT_4XX/5XX cover many). The templates embed only values that are JSON-safe as they are:
+# ``$context.error.messageString`` is the message already quoted for JSON, ``$context.requestId``
+# is a UUID; ``$context.error.validationErrorString`` holds double quotes and is never embedded.
+GATEWAY_ERRORS: dict[str, tuple[int | None, str]] = {
+    "BAD_REQUEST_BODY": (422, "validation_error"),
+    "BAD_REQUEST_PARAMETERS": (400, "invalid_parameter"),
+    "MISSING_AUTHENTICATION_TOKEN": (404, "not_found"),  # API Gateway's answer to an unknown route
+    "UNAUTHORIZED": (401, "unauthorized"),
+    "ACCESS_DENIED": (403, "forbidden"),
+    "THROTTLED": (429, "rate_limited"),
+    "QUOTA_EXCEEDED": (429, "rate_limited"),
+    "REQUEST_TOO_LARGE": (413, "payload_too_large"),
+    "DEFAULT_4XX": (None, "bad_request"),
+    "DEFAULT_5XX": (None, "service_unavailable"),
 }
+ENVELOPE_TEMPLATE = (
+    '{"success": false, "error": {"code": "%s", "message": $context.error.messageString, '
+    '"request_id": "$context.requestId"}}'
+)
+
+
+def gateway_responses() -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for kind, (status, code) in GATEWAY_ERRORS.items():
+        response: dict[str, Any] = {
+            "responseTemplates": {JSON_CONTENT: ENVELOPE_TEMPLATE % code},
+            "responseParameters": {"gatewayresponse.header.Content-Type": "'application/json'"},
+        }
+        if status is not None:
+            response["statusCode"] = status
+        responses[kind] = response
+    return responses
+
 
 Route = tuple[str, str]  # (path, lower-case method)
+
+REQUESTERS = ROOT / "src" / "bhiv" / "requesters.yaml"
+# The routes the functions rate-limit per requester (token buckets configured in requesters.yaml),
+# with the scope a caller needs there. At the edge each gets the sum of the limits of the requesters
+# that may call it: no requester within its own limit is throttled by the gateway, and the gateway
+# caps the route at what all of them together may send.
+RATE_LIMITED_ROUTES: dict[str, dict[Route, str]] = {
+    "BucketApi": {("/core/write-event", "post"): "events:write", ("/core/write-events", "post"): "events:write"},
+    "KarmaApi": {("/v1/event", "post"): "karma:write"},
+    "ExecutorApi": {("/api/workflow/execute", "post"): "workflows:execute"},
+}
 
 
 class BuildError(Exception):
@@ -105,31 +162,87 @@ class BuildError(Exception):
 # --- schemas ---------------------------------------------------------------------------------------
 
 
-def convert_schema(schema: Any) -> Any:
-    """A request schema of a spec as API Gateway's model import takes it (see the module docstring)."""
+def _resolve(schema: Any, schemas: dict[str, Any]) -> Any:
+    ref = schema.get("$ref") if isinstance(schema, dict) else None
+    if not isinstance(ref, str):
+        return schema
+    name = ref.rsplit("/", 1)[1]
+    if not ref.startswith("#/components/schemas/") or name not in schemas:
+        raise BuildError(f"$ref to missing schema {ref!r} (external references are not supported)")
+    return schemas[name]
+
+
+def _merge_all_of(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``allOf`` members merged in (see the module docstring)."""
+    if "allOf" not in schema:
+        return schema
+    merged: dict[str, Any] = {key: value for key, value in schema.items() if key != "allOf"}
+    conflicting: set[str] = set()
+    for member in schema["allOf"]:
+        resolved = _resolve(member, schemas)
+        if not isinstance(resolved, dict):
+            raise BuildError(f"allOf member is not a schema: {member!r}")
+        for key, value in _merge_all_of(resolved, schemas).items():
+            if key == "properties":
+                properties = merged.setdefault("properties", {})
+                for name, sub in value.items():
+                    properties.setdefault(name, sub)
+            elif key == "required":
+                merged["required"] = list(dict.fromkeys([*merged.get("required", []), *value]))
+            elif key in conflicting:
+                continue
+            elif key not in merged:
+                merged[key] = value
+            elif merged[key] != value and key not in ("title", "description"):
+                del merged[key]  # both must hold; checking neither is the loosening
+                conflicting.add(key)
+    return merged
+
+
+def convert_schema(schema: Any, schemas: dict[str, Any] | None = None) -> Any:
+    """A request schema of a spec as API Gateway's model import takes it (see the module docstring).
+
+    ``schemas`` are the spec's component schemas, for the ``$ref`` members of ``allOf``.
+    """
+    components = schemas or {}
     if isinstance(schema, list):
-        return [convert_schema(item) for item in schema]
+        return [convert_schema(item, components) for item in schema]
     if not isinstance(schema, dict):
         return schema
+    schema = _merge_all_of(schema, components)
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in DROPPED_KEYWORDS or key in ("exclusiveMinimum", "exclusiveMaximum"):
-            continue
-        if key == "format" and value in DROPPED_FORMATS:
+        if key in DROPPED_KEYWORDS or key in LOOSENED_KEYWORDS or key == "nullable":
             continue
         if key in ("properties", "patternProperties", "definitions"):
-            out[key] = {name: convert_schema(sub) for name, sub in value.items()}
-        elif key == "oneOf":
-            out["anyOf"] = convert_schema(value)
+            out[key] = {name: convert_schema(sub, components) for name, sub in value.items()}
         elif key in ("enum", "required"):
             out[key] = copy.deepcopy(value)
         else:
-            out[key] = convert_schema(value)
-    if out.pop("nullable", False) is True:
+            out[key] = convert_schema(value, components)
+    if schema.get("nullable") is True:
         out.pop("type", None)
         if "enum" in out and None not in out["enum"]:
             out["enum"] = [*out["enum"], None]
     return out
+
+
+def unsupported_keywords(model: Any, where: str = "") -> list[str]:
+    """``where/keyword`` of every keyword of a converted model outside SUPPORTED_KEYWORDS."""
+    found: list[str] = []
+    if isinstance(model, list):
+        for i, item in enumerate(model):
+            found += unsupported_keywords(item, f"{where}/{i}")
+    elif isinstance(model, dict):
+        for key, value in model.items():
+            if key not in SUPPORTED_KEYWORDS:
+                found.append(f"{where}/{key}")
+            elif key == "properties":
+                for name, sub in value.items():
+                    found += unsupported_keywords(sub, f"{where}/properties/{name}")
+            elif key == "items":
+                found += unsupported_keywords(value, f"{where}/items")
+    return found
 
 
 def _refs(node: Any) -> set[str]:
@@ -147,18 +260,19 @@ def _refs(node: Any) -> set[str]:
     return found
 
 
-def _reachable(roots: set[str], schemas: dict[str, Any]) -> set[str]:
-    seen: set[str] = set()
+def _models(roots: set[str], schemas: dict[str, Any]) -> dict[str, Any]:
+    """The converted component schemas that the converted request bodies reach, by name."""
+    models: dict[str, Any] = {}
     todo = list(roots)
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in models:
             continue
         if name not in schemas:
             raise BuildError(f"$ref to missing schema {name!r} (external references are not supported)")
-        seen.add(name)
-        todo.extend(_refs(schemas[name]) - seen)
-    return seen
+        models[name] = convert_schema(schemas[name], schemas)
+        todo.extend(_refs(models[name]) - set(models))
+    return {name: models[name] for name in schemas if name in models}
 
 
 # --- operations ------------------------------------------------------------------------------------
@@ -219,13 +333,18 @@ def convert_operation(
     if body:
         if "$ref" in body:
             raise BuildError("requestBody $ref is not supported: inline it in the spec")
+        schemas = (spec.get("components") or {}).get("schemas") or {}
+        content = {
+            media: {"schema": convert_schema(media_type.get("schema") or {}, schemas)}
+            for media, media_type in (body.get("content") or {}).items()
+        }
+        if JSON_CONTENT not in content:
+            raise BuildError(f"request body without {JSON_CONTENT}: the functions read every body as JSON")
+        content.setdefault(DEFAULT_CONTENT, copy.deepcopy(content[JSON_CONTENT]))
         out["requestBody"] = {
             **({"description": body["description"]} if "description" in body else {}),
             "required": bool(body.get("required", False)),
-            "content": {
-                media: {"schema": convert_schema(content.get("schema") or {})}
-                for media, content in (body.get("content") or {}).items()
-            },
+            "content": content,
         }
     out["responses"] = _convert_responses(operation.get("responses") or {}, spec)
     out["x-amazon-apigateway-request-validator"] = VALIDATOR
@@ -254,23 +373,66 @@ def definition_body(spec: dict[str, Any], routes: dict[Route, str]) -> dict[str,
     if unserved:
         raise BuildError(f"Api events in template.yaml with no operation in the spec: {sorted(unserved)}")
 
-    components = spec.get("components") or {}
-    request_schemas = _refs(paths)
-    schemas = components.get("schemas") or {}
-    kept = _reachable(request_schemas, schemas)
+    schemas = (spec.get("components") or {}).get("schemas") or {}
+    models = _models(_refs(paths), schemas)
     body: dict[str, Any] = {
         "openapi": spec["openapi"],
         "info": {key: copy.deepcopy(spec["info"][key]) for key in ("title", "version") if key in spec["info"]},
         "paths": paths,
         "x-amazon-apigateway-request-validators": copy.deepcopy(REQUEST_VALIDATORS),
-        "x-amazon-apigateway-gateway-responses": copy.deepcopy(GATEWAY_RESPONSES),
+        "x-amazon-apigateway-gateway-responses": gateway_responses(),
     }
-    if kept:
-        body["components"] = {"schemas": {name: convert_schema(schemas[name]) for name in schemas if name in kept}}
-    for name in kept:
+    if models:
+        body["components"] = {"schemas": models}
+    for name in models:
         if not name.isalnum():
             raise BuildError(f"model names must be alphanumeric: {name!r}")
+    unsupported = [
+        found for name, model in models.items() for found in unsupported_keywords(model, f"#/components/schemas/{name}")
+    ]
+    for path, item in paths.items():
+        for method, operation in item.items():
+            for media, media_type in (operation.get("requestBody") or {}).get("content", {}).items():
+                unsupported += unsupported_keywords(media_type["schema"], f"{method.upper()} {path} {media}")
+    if unsupported:
+        raise BuildError(f"model keywords API Gateway does not support: {unsupported}")
     return body
+
+
+# --- throttling --------------------------------------------------------------------------------------
+
+
+def method_setting_path(path: str) -> str:
+    """A path as a stage's MethodSetting names it: ``/core/events`` is ``/~1core~1events``."""
+    return "/" + path.replace("/", "~1")
+
+
+def route_throttles(requesters: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per API, the MethodSettings throttling each rate-limited route (see RATE_LIMITED_ROUTES).
+
+    A route any of whose callers is unlimited (``rate_limit: null``), or a requesters file without
+    rate limits, gets no route limit: the stage's limit (template.yaml) is all that applies.
+    """
+    default = (requesters.get("rate_limits") or {}).get("default")
+    settings: dict[str, list[dict[str, Any]]] = {}
+    for api, routes in RATE_LIMITED_ROUTES.items():
+        for (path, method), scope in routes.items():
+            limits = [
+                entry.get("rate_limit", default)
+                for entry in (requesters.get("requesters") or {}).values()
+                if scope in (entry.get("scopes") or [])
+            ]
+            if not limits or any(limit is None for limit in limits):
+                continue
+            settings.setdefault(api, []).append(
+                {
+                    "ResourcePath": method_setting_path(path),
+                    "HttpMethod": method.upper(),
+                    "ThrottlingRateLimit": float(sum(limit["per_second"] for limit in limits)),
+                    "ThrottlingBurstLimit": int(sum(limit["burst"] for limit in limits)),
+                }
+            )
+    return settings
 
 
 # --- the template ------------------------------------------------------------------------------------
@@ -307,9 +469,14 @@ def _relocate(uri: Any, source_dir: Path, out_dir: Path) -> Any:
     return relative + ("/" if uri.endswith("/") else "")
 
 
-def build(template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path) -> dict[str, Any]:
+def build(
+    template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path, requesters: dict[str, Any] | None = None
+) -> dict[str, Any]:
     built = copy.deepcopy(template)
     resources = built["Resources"]
+    if requesters is None:
+        requesters = yaml.safe_load(REQUESTERS.read_text(encoding="utf-8"))
+    throttles = route_throttles(requesters)
     for api, spec_path in APIS.items():
         resource = resources.get(api)
         if resource is None or resource.get("Type") != "AWS::Serverless::Api":
@@ -319,6 +486,18 @@ def build(template: dict[str, Any], root: Path, source_dir: Path, out_dir: Path)
         if "DefinitionBody" in props or "DefinitionUri" in props:
             raise BuildError(f"{api} already has a definition: the specs are generated in, not copied")
         props["DefinitionBody"] = definition_body(spec, api_routes(template, api))
+        existing = props.get("MethodSettings") or []
+        for setting in throttles.get(api, []):
+            if any(
+                (other.get("ResourcePath"), other.get("HttpMethod")) == (setting["ResourcePath"], setting["HttpMethod"])
+                for other in existing
+            ):
+                raise BuildError(
+                    f"{api} throttles {setting['HttpMethod']} {setting['ResourcePath']} in template.yaml: "
+                    "route limits come from src/bhiv/requesters.yaml"
+                )
+        if throttles.get(api):
+            props["MethodSettings"] = [*existing, *throttles[api]]
     for resource in resources.values():
         props = resource.get("Properties") or {}
         for key in ("CodeUri", "ContentUri"):

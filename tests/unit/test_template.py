@@ -183,7 +183,12 @@ def _as_list(value: Any) -> list[Any]:
 def _inline_statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
     props = resource.get("Properties") or {}
     if resource["Type"] == "AWS::IAM::Role":
-        documents = [policy["PolicyDocument"] for policy in props.get("Policies") or []]
+        policies = []
+        for policy in props.get("Policies") or []:
+            # a conditional policy ({"Fn::If": [condition, policy, AWS::NoValue]}) counts as granted
+            branches = policy["Fn::If"][1:] if "Fn::If" in policy else [policy]
+            policies += [branch for branch in branches if "PolicyDocument" in branch]
+        documents = [policy["PolicyDocument"] for policy in policies]
     else:  # AWS::IAM::Policy, AWS::IAM::ManagedPolicy
         documents = [props["PolicyDocument"]]
     return [statement for doc in documents for statement in _as_list(doc.get("Statement") or [])]

@@ -1,15 +1,56 @@
-"""The events table: conditional appends and index queries."""
+"""The events table: conditional appends and index queries.
+
+The ``by_time`` index (every event, in time order) is write-sharded: an event goes to one of N feed
+partitions (``all``, ``all#1``, ... ``all#N-1``, by a hash of its id), so appends are spread over N
+partitions instead of one (a DynamoDB partition takes about 1,000 writes/s). A page of the feed is
+one Query per shard, merged by ``ts_id``; its cursor carries each shard's position. N comes from
+``EVENTS_FEED_SHARDS`` (default ``DEFAULT_FEED_SHARDS``, template.yaml's ``EventsFeedShards``) and
+may grow but never shrink: shard 0 is the original single feed ``all``, and a shard beyond the
+configured N would no longer be read.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bhiv.bucket.domain import FEED, NewEvent
-from bhiv.errors import StorageUnavailable
+from bhiv.errors import BadRequest, StorageUnavailable
 from bhiv.storage.aws import batch_get
+
+FEED_SHARDS_ENV = "EVENTS_FEED_SHARDS"
+DEFAULT_FEED_SHARDS = 4
+MAX_FEED_SHARDS = 64
+# A shard's position in a feed cursor: not started, read to the end (newest-first only), or after a ts_id.
+SHARD_NOT_STARTED = ""
+SHARD_EXHAUSTED = "-"
+
+
+def feed_shards(value: str | None = None) -> int:
+    """The configured number of feed shards (EVENTS_FEED_SHARDS), 1..MAX_FEED_SHARDS."""
+    raw = os.environ.get(FEED_SHARDS_ENV) if value is None else value
+    if not raw:
+        return DEFAULT_FEED_SHARDS
+    shards = int(raw)
+    if not 1 <= shards <= MAX_FEED_SHARDS:
+        raise ValueError(f"{FEED_SHARDS_ENV} must be 1..{MAX_FEED_SHARDS}, got {raw!r}")
+    return shards
+
+
+def feed_key(shard: int) -> str:
+    """The by_time partition of a shard; shard 0 is the single feed of old (``all``)."""
+    return FEED if shard == 0 else f"{FEED}#{shard}"
+
+
+def shard_of(event_id: str, shards: int) -> int:
+    """The shard of an event: stable for its id, so a retried append lands where the first one did."""
+    return int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:4], "big") % shards
+
 
 # Filters in order of selectivity: the first one present picks the index, the rest filter.
 INDEX_FOR_FILTER = {
@@ -44,10 +85,11 @@ class EventPage:
     scanned_count: int
 
 
-def to_item(event: NewEvent) -> dict[str, dict[str, str]]:
+def to_item(event: NewEvent, shards: int | None = None) -> dict[str, dict[str, str]]:
+    feed = feed_key(shard_of(event.event_id, feed_shards() if shards is None else shards))
     item = {
         "event_id": {"S": event.event_id},
-        "feed": {"S": FEED},
+        "feed": {"S": feed},
         "ts_id": {"S": event.ts_id},
         "event_type": {"S": event.event_type},
         "requester_id": {"S": event.requester_id},
@@ -99,9 +141,14 @@ def storage_errors(func: Any) -> Any:
 
 
 class EventStore:
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(self, client: Any, table: str, shards: int | None = None) -> None:
         self._client = client
         self._table = table
+        self._shards = feed_shards() if shards is None else shards
+
+    @property
+    def shards(self) -> int:
+        return self._shards
 
     @storage_errors
     def append(self, event: NewEvent) -> dict[str, Any] | None:
@@ -109,7 +156,7 @@ class EventStore:
         try:
             self._client.put_item(
                 TableName=self._table,
-                Item=to_item(event),
+                Item=to_item(event, self._shards),
                 ConditionExpression="attribute_not_exists(event_id)",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -147,7 +194,7 @@ class EventStore:
                         {
                             "Put": {
                                 "TableName": self._table,
-                                "Item": to_item(events[i]),
+                                "Item": to_item(events[i], self._shards),
                                 "ConditionExpression": "attribute_not_exists(event_id)",
                             }
                         }
@@ -175,11 +222,44 @@ class EventStore:
     def query(self, query: EventQuery) -> EventPage:
         index = next((INDEX_FOR_FILTER[f] for f in INDEX_FOR_FILTER if f in query.filters), "by_time")
         key_attr = INDEX_KEY[index]
-        key_value = FEED if index == "by_time" else query.filters[key_attr]
+        params = self._query_params(query, index, key_attr)
+        if index == "by_time":
+            return self._query_feed(query, params)
+        items: list[dict[str, Any]] = []
+        scanned = 0
+        start_key = query.start_key
+        filtered = "FilterExpression" in params
+        # With a filter a page may come back short; keep reading, but never more than a few pages.
+        budget = query.limit * 5 if filtered else query.limit
+        while True:
+            params["Limit"] = query.limit - len(items) if not filtered else query.limit
+            if start_key:
+                params["ExclusiveStartKey"] = {k: {"S": v} for k, v in start_key.items()}
+            else:
+                params.pop("ExclusiveStartKey", None)
+            resp = self._client.query(**params)
+            scanned += resp.get("ScannedCount", 0)
+            for raw in resp.get("Items", []):
+                items.append(from_item(raw))
+                if len(items) == query.limit:
+                    break
+            last = resp.get("LastEvaluatedKey")
+            if len(items) == query.limit:
+                last_item = items[-1]
+                next_key = {k: last_item[k] for k in ("event_id", key_attr, "ts_id")}
+                return EventPage(items, next_key, scanned)
+            if not last:
+                return EventPage(items, None, scanned)
+            start_key = {k: next(iter(v.values())) for k, v in last.items()}
+            if scanned >= budget:
+                return EventPage(items, start_key, scanned)
+
+    def _query_params(self, query: EventQuery, index: str, key_attr: str) -> dict[str, Any]:
+        """The Query of one page on ``index`` (for by_time, ``:k`` is set per shard)."""
         names = {"#k": key_attr}
         if query.since or query.until:
             names["#t"] = "ts_id"
-        values: dict[str, Any] = {":k": {"S": key_value}}
+        values: dict[str, Any] = {":k": {"S": FEED if index == "by_time" else query.filters[key_attr]}}
         condition = "#k = :k"
         if query.since and query.until:
             condition += " AND #t BETWEEN :since AND :until"
@@ -208,33 +288,87 @@ class EventStore:
         }
         if filters:
             params["FilterExpression"] = " AND ".join(filters)
-        items: list[dict[str, Any]] = []
+        return params
+
+    def _shard_positions(self, start_key: dict[str, str] | None) -> list[str]:
+        if start_key is None:
+            return [SHARD_NOT_STARTED] * self._shards
+        if set(start_key) == {"event_id", "feed", "ts_id"} and self._shards == 1:
+            return [start_key["ts_id"]]  # a cursor of the single feed, from before sharding
+        if set(start_key) != {str(shard) for shard in range(self._shards)} or not all(
+            position in (SHARD_NOT_STARTED, SHARD_EXHAUSTED) or "#" in position for position in start_key.values()
+        ):
+            raise BadRequest("Cursor belongs to a different feed layout", code="invalid_cursor", field="cursor")
+        return [start_key[str(shard)] for shard in range(self._shards)]
+
+    def _query_feed(self, query: EventQuery, params: dict[str, Any]) -> EventPage:
+        """A page of the sharded feed: one Query per shard, merged by ts_id.
+
+        Each shard is read from its own position for up to ``limit`` items, so the merged first
+        ``limit`` are exact. An item is emitted only up to the nearest point where a shard stopped
+        reading with more left (items beyond it might still come from that shard); each shard's
+        next position is its last emitted item, or where it stopped reading when it emitted all.
+        """
+        positions = self._shard_positions(query.start_key)
+        descending = query.newest_first
+        fetched: list[list[dict[str, Any]]] = []
+        stopped_at: list[str | None] = []  # per shard: last evaluated ts_id when more is left
         scanned = 0
-        start_key = query.start_key
-        # With a filter a page may come back short; keep reading, but never more than a few pages.
-        budget = query.limit * 5 if filters else query.limit
-        while True:
-            params["Limit"] = query.limit - len(items) if not filters else query.limit
-            if start_key:
-                params["ExclusiveStartKey"] = {k: {"S": v} for k, v in start_key.items()}
-            else:
-                params.pop("ExclusiveStartKey", None)
-            resp = self._client.query(**params)
+        for shard, position in enumerate(positions):
+            if position == SHARD_EXHAUSTED:
+                fetched.append([])
+                stopped_at.append(None)
+                continue
+            shard_params = {
+                **params,
+                "ExpressionAttributeValues": {**params["ExpressionAttributeValues"], ":k": {"S": feed_key(shard)}},
+                "Limit": query.limit,
+            }
+            if position:
+                shard_params["ExclusiveStartKey"] = {
+                    "event_id": {"S": position.split("#", 1)[1]},
+                    "feed": {"S": feed_key(shard)},
+                    "ts_id": {"S": position},
+                }
+            resp = self._client.query(**shard_params)
             scanned += resp.get("ScannedCount", 0)
-            for raw in resp.get("Items", []):
-                items.append(from_item(raw))
-                if len(items) == query.limit:
-                    break
+            fetched.append([from_item(raw) for raw in resp.get("Items", [])])
             last = resp.get("LastEvaluatedKey")
-            if len(items) == query.limit:
-                last_item = items[-1]
-                next_key = {k: last_item[k] for k in ("event_id", key_attr, "ts_id")}
-                return EventPage(items, next_key, scanned)
-            if not last:
-                return EventPage(items, None, scanned)
-            start_key = {k: next(iter(v.values())) for k, v in last.items()}
-            if scanned >= budget:
-                return EventPage(items, start_key, scanned)
+            stopped_at.append(last["ts_id"]["S"] if last else None)
+
+        boundaries = [b for b in stopped_at if b is not None]
+        horizon = (max(boundaries) if descending else min(boundaries)) if boundaries else None
+        merged = heapq.merge(
+            *[[(item["ts_id"], shard, item) for item in items] for shard, items in enumerate(fetched)],
+            key=lambda entry: entry[0],
+            reverse=descending,
+        )
+        page: list[dict[str, Any]] = []
+        emitted = [0] * len(positions)
+        for ts_id, shard, item in merged:
+            if len(page) == query.limit:
+                break
+            if horizon is not None and (ts_id < horizon if descending else ts_id > horizon):
+                break
+            page.append(item)
+            emitted[shard] += 1
+
+        next_positions: list[str] = []
+        for shard, position in enumerate(positions):
+            items = fetched[shard]
+            if emitted[shard] < len(items):
+                next_positions.append(items[emitted[shard] - 1]["ts_id"] if emitted[shard] else position)
+            elif stopped_at[shard] is not None:
+                next_positions.append(stopped_at[shard] or position)
+            elif descending or position == SHARD_EXHAUSTED:
+                next_positions.append(SHARD_EXHAUSTED)  # nothing older will appear in an append-only feed
+            else:
+                next_positions.append(items[-1]["ts_id"] if items else position)  # newer ones may
+        more = any(stop is not None for stop in stopped_at) or any(
+            emitted[shard] < len(items) for shard, items in enumerate(fetched)
+        )
+        next_key = {str(shard): position for shard, position in enumerate(next_positions)} if more else None
+        return EventPage(page, next_key, scanned)
 
     @storage_errors
     def ping(self) -> None:
