@@ -65,8 +65,8 @@ def stats() -> Response:
 @app.route("/core/read-context", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def read_context() -> Response:
-    runtime.service().authenticate(header(app, "authorization"), "events:read")
-    return json_response(200, runtime.service().read_context(query_params(app)))
+    principal = runtime.service().authenticate(header(app, "authorization"), "events:read")
+    return json_response(200, runtime.service().read_context(principal, query_params(app)))
 
 
 def on_stats_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:

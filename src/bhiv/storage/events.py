@@ -237,5 +237,32 @@ class EventStore:
                 return EventPage(items, start_key, scanned)
 
     @storage_errors
+    def count_after(self, agent_key: str | None, after_ts_id: str | None) -> int:
+        """How many events (about `agent_key`, or all) sort after `after_ts_id` in time.
+
+        Read with Select=COUNT on the by_agent or by_time index: with the aggregates' watermark as
+        `after_ts_id` this reads only the events the stream consumer has not counted yet."""
+        index, key_attr, key_value = ("by_agent", "agent_key", agent_key) if agent_key else ("by_time", "feed", FEED)
+        params: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": index,
+            "KeyConditionExpression": "#k = :k",
+            "ExpressionAttributeNames": {"#k": key_attr},
+            "ExpressionAttributeValues": {":k": {"S": key_value}},
+            "Select": "COUNT",
+        }
+        if after_ts_id is not None:
+            params["KeyConditionExpression"] += " AND #t > :after"
+            params["ExpressionAttributeNames"]["#t"] = "ts_id"
+            params["ExpressionAttributeValues"][":after"] = {"S": after_ts_id}
+        total = 0
+        while True:
+            resp = self._client.query(**params)
+            total += int(resp.get("Count", 0))
+            if not resp.get("LastEvaluatedKey"):
+                return total
+            params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    @storage_errors
     def ping(self) -> None:
         self._client.describe_table(TableName=self._table)
