@@ -15,14 +15,14 @@ view = api_view(app, runtime.logger)
 MAX_BODY_BYTES = 64 * 1024
 
 
-@app.route("/healthz", methods=["GET"])
+@app.route("/healthz", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def healthz() -> Response:
     status, body = runtime.service().health()
     return json_response(status, body)
 
 
-@app.route("/health", methods=["GET"])
+@app.route("/health", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def health() -> Response:
     status, body = runtime.service().health()
@@ -38,7 +38,7 @@ def execute() -> Response:
     return json_response(status, result, headers)
 
 
-@app.route("/api/workflow/executions/{trace_id}", methods=["GET"])
+@app.route("/api/workflow/executions/{trace_id}", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def execution(trace_id: str) -> Response:
     runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")

@@ -86,6 +86,7 @@ class Policy:
     actions: dict[str, Action]
     mappings: tuple[Mapping, ...]
     derivations: tuple[Derivation, ...] = ()
+    paap_weight: float = 1.0  # how much paap (merit lost to penalties) weighs on weighted_karma_score
 
     @property
     def states(self) -> list[str]:
@@ -104,6 +105,13 @@ class Policy:
 
     def merit(self, balances: dict[str, float]) -> float:
         return sum(balances.get(token, 0) * weight for token, weight in self.merit_weights.items())
+
+    def penalty_escalation(self) -> tuple[str, Escalation] | None:
+        """The first action whose penalty escalates (the policy's `cheat`), if any."""
+        for action in self.actions.values():
+            if action.escalation is not None:
+                return action.name, action.escalation
+        return None
 
     def points_for(self, action: str, recent_cheats: list[datetime], at: datetime) -> dict[str, float]:
         """Balance changes for `action` at `at`, given the user's earlier cheat times."""
@@ -185,6 +193,7 @@ def _parse(doc: dict[str, Any]) -> Policy:
         actions=actions,
         mappings=mappings,
         derivations=derivations,
+        paap_weight=float(doc.get("paap_weight", 1.0)),
     )
 
 
