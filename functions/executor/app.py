@@ -6,11 +6,15 @@ from typing import Any
 
 from chalice import Chalice, Response
 
+from bhiv.chalice_compat import use_error_envelope
 from bhiv.executor import runtime
 from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, raw_body
+from bhiv.local.attach import attach_from_env
 from bhiv.validation import parse_json_body
 
+attach_from_env()  # `chalice local` (see .chalice/config.json); a no-op in Lambda and in `bhiv up`
 app = Chalice(app_name="bhiv-executor")
+use_error_envelope(app)
 view = api_view(app, runtime.logger)
 MAX_BODY_BYTES = 64 * 1024
 
