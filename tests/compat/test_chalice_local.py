@@ -13,23 +13,20 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.stack import ROOT, RunningStack, free_port, poll_until, start_stack
+from tests.e2e.stack import ROOT, RunningStack, free_port, poll_until
 
 pytestmark = pytest.mark.e2e
 CHALICE = ROOT / ".venv" / "bin" / "chalice"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = start_stack(tmp_path_factory.mktemp("chalice-local") / "state")
-    yield running
-    running.stop()
+@pytest.fixture
+def stack(stack_with_auth: RunningStack) -> RunningStack:
+    return stack_with_auth
 
 
 def _chalice_local(function: str, state_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
