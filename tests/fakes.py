@@ -55,6 +55,10 @@ class FakeEventStore:
         next_key = {"event_id": page[-1]["event_id"], "ts_id": page[-1]["ts_id"]} if more else None
         return EventPage(page, next_key, len(page))
 
+    def count(self, query: EventQuery) -> int:
+        everything = EventQuery(query.filters, query.since, query.until, 10**9, True, None)
+        return len(self.query(everything).items)
+
     def count_after(self, agent_key: str | None, after_ts_id: str | None) -> int:
         return sum(
             1

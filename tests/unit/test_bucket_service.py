@@ -262,3 +262,10 @@ def test_stats_keep_the_original_fields(service: BucketService) -> None:
     assert stats["integration_status"] == "active"
     assert isinstance(stats["stats"]["agents_with_context"], int)
     assert isinstance(stats["stats"]["tracked_agents"], list)
+
+
+def test_count_of_a_filtered_listing_is_what_matches(service: BucketService) -> None:
+    for i in range(3):
+        service.write_event(WRITER, body(n=i, trace_id="t-a" if i else "t-b"))
+    page = service.list_events({"trace_id": "t-a", "limit": "1"})
+    assert (page["count"], page["showing"]) == (2, 1)

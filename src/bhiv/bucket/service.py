@@ -27,6 +27,7 @@ class EventRepository(Protocol):
     def append_many(self, events: list[domain.NewEvent]) -> list[dict[str, Any] | None]: ...
     def get(self, event_id: str) -> dict[str, Any] | None: ...
     def query(self, query: EventQuery) -> EventPage: ...
+    def count(self, query: EventQuery) -> int: ...
     def count_after(self, agent_key: str | None, after_ts_id: str | None) -> int: ...
     def ping(self) -> None: ...
 
@@ -203,7 +204,11 @@ class BucketService:
         if order == "tail":
             events.reverse()
         next_cursor = domain.encode_cursor(page.next_key, fingerprint, self._cursor_secret) if page.next_key else None
-        return {"events": events, "count": self.total_events(), "showing": len(events), "next_cursor": next_cursor}
+        if filters or since or until:
+            count = self._events.count(EventQuery(filters, since, until, limit, True, None))
+        else:
+            count = self.total_events()
+        return {"events": events, "count": count, "showing": len(events), "next_cursor": next_cursor}
 
     def total_events(self) -> int:
         """Events stored, including those the stream consumer has not counted yet."""

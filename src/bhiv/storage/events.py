@@ -171,8 +171,8 @@ class EventStore:
         item = resp.get("Item")
         return from_item(item) if item else None
 
-    @storage_errors
-    def query(self, query: EventQuery) -> EventPage:
+    def _query_params(self, query: EventQuery) -> tuple[dict[str, Any], str, bool]:
+        """Query parameters for `query`: (params, the index's key attribute, has a filter expression)."""
         index = next((INDEX_FOR_FILTER[f] for f in INDEX_FOR_FILTER if f in query.filters), "by_time")
         key_attr = INDEX_KEY[index]
         key_value = FEED if index == "by_time" else query.filters[key_attr]
@@ -208,13 +208,31 @@ class EventStore:
         }
         if filters:
             params["FilterExpression"] = " AND ".join(filters)
+        return params, key_attr, bool(filters)
+
+    @storage_errors
+    def count(self, query: EventQuery) -> int:
+        """How many events match `query` (its filters and time window), with Select=COUNT."""
+        params, _, _ = self._query_params(query)
+        params["Select"] = "COUNT"
+        total = 0
+        while True:
+            resp = self._client.query(**params)
+            total += int(resp.get("Count", 0))
+            if not resp.get("LastEvaluatedKey"):
+                return total
+            params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    @storage_errors
+    def query(self, query: EventQuery) -> EventPage:
+        params, key_attr, filtered = self._query_params(query)
         items: list[dict[str, Any]] = []
         scanned = 0
         start_key = query.start_key
         # With a filter a page may come back short; keep reading, but never more than a few pages.
-        budget = query.limit * 5 if filters else query.limit
+        budget = query.limit * 5 if filtered else query.limit
         while True:
-            params["Limit"] = query.limit - len(items) if not filters else query.limit
+            params["Limit"] = query.limit - len(items) if not filtered else query.limit
             if start_key:
                 params["ExclusiveStartKey"] = {k: {"S": v} for k, v in start_key.items()}
             else:
