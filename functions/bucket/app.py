@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Response
 
 from bhiv.bucket import runtime
 from bhiv.bucket.domain import MAX_BATCH_BYTES
 from bhiv.bucket.service import MAX_SINGLE_BODY_BYTES
+from bhiv.chalice_app import RequestLocalChalice
 from bhiv.chalice_compat import use_error_envelope
 from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, query_params, raw_body
 from bhiv.local.attach import attach_from_env
 from bhiv.validation import parse_json_body
 
 attach_from_env()  # `chalice local` (see .chalice/config.json); a no-op in Lambda and in `bhiv up`
-app = Chalice(app_name="bhiv-bucket")
+app = RequestLocalChalice(app_name="bhiv-bucket")
 use_error_envelope(app)
 view = api_view(app, runtime.logger)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Response
 
+from bhiv.chalice_app import RequestLocalChalice
 from bhiv.chalice_compat import use_error_envelope
 from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, query_params, raw_body
 from bhiv.karma import runtime
@@ -13,7 +14,7 @@ from bhiv.local.attach import attach_from_env
 from bhiv.validation import parse_json_body
 
 attach_from_env()  # `chalice local` (see .chalice/config.json); a no-op in Lambda and in `bhiv up`
-app = Chalice(app_name="bhiv-karma")
+app = RequestLocalChalice(app_name="bhiv-karma")
 use_error_envelope(app)
 view = api_view(app, runtime.logger)
 MAX_BODY_BYTES = 16 * 1024
