@@ -96,3 +96,36 @@ def test_the_bucket_under_chalice_local_writes_into_the_running_stack(stack: Run
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_karma_and_the_executor_under_chalice_local_use_the_running_stack(stack: RunningStack, tmp_path: Path) -> None:
+    karma, karma_url = _chalice_local("karma", stack.state_dir, tmp_path / "karma.log")
+    executor, executor_url = _chalice_local("executor", stack.state_dir, tmp_path / "executor.log")
+    try:
+        trace_id = f"chalice-local-wf-{uuid.uuid4().hex[:12]}"
+        user_id = f"user-{trace_id}"
+        response = requests.post(
+            f"{executor_url}/api/workflow/execute",
+            json={
+                "trace_id": trace_id,
+                "decision": "workflow",
+                "data": {
+                    "workflow_type": "workflow",
+                    "payload": {"action_type": "task", "user_id": user_id, "title": "t"},
+                },
+            },
+            headers=stack.auth("bhiv_core"),
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["delivery_state"] == "delivered"  # to the stack's Bucket, with the stack's token
+        profile = poll_until(
+            lambda: requests.get(f"{karma_url}/api/v1/karma/{user_id}", headers=stack.auth("bhiv_reader"), timeout=10),
+            lambda r: r.status_code == 200,
+            timeout=15,
+        )
+        assert profile.json()["action_stats"] == {"workflow_success": 1}  # Karma's tables, through chalice local
+    finally:
+        for process in (karma, executor):
+            process.terminate()
+            process.wait(timeout=10)
