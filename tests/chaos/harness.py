@@ -381,9 +381,10 @@ def startup_burst(clients: Clients, size: int) -> threading.Thread:
     return thread
 
 
-def second_start_refused(stack: Stack) -> bool:
-    journal = stack.state_dir / "journal.jsonl"
-    before = journal.stat().st_size if journal.exists() else 0
+def second_start_refused(stack: Stack, report: Report) -> bool:
+    """A second `bhiv up` on the running state dir must exit non-zero at once, naming the holder.
+    (That it touched nothing is what the final set check shows: a second start that emptied the
+    journal would lose acknowledged events at the next kill.)"""
     result = subprocess.run(
         [
             str(BHIV),
@@ -398,8 +399,11 @@ def second_start_refused(stack: Stack) -> bool:
         timeout=60,
         cwd=ROOT,
     )
-    after = journal.stat().st_size if journal.exists() else 0
-    return result.returncode != 0 and "in use by a running stack" in result.stderr and after >= before
+    refused = result.returncode != 0 and "in use by a running stack" in result.stderr
+    healthy = requests.get(f"{stack.url['bucket']}/health", timeout=10).status_code == 200
+    if not (refused and healthy):
+        report.problems.append(f"second start: exit {result.returncode}, {result.stderr.strip()[-300:]!r}")
+    return refused and healthy
 
 
 def tear_journal_tail(state_dir: Path) -> None:
@@ -550,7 +554,7 @@ def run(config: ChaosConfig) -> Report:
         for cycle in range(config.cycles):
             time.sleep(rng.uniform(*config.uptime_s))
             if config.second_start and cycle == 0:
-                report.second_start_refused = second_start_refused(stack)
+                report.second_start_refused = second_start_refused(stack, report)
             stack.kill()
             report.restarts += 1
             if config.torn_tail and cycle == min(1, config.cycles - 1):
