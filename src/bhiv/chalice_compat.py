@@ -16,7 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from chalice import Chalice, Response
-from chalice import local as chalice_local
+
+try:
+    from chalice import local as chalice_local
+except ImportError:  # the Lambda layer ships Chalice's runtime only; API Gateway routes there
+    chalice_local = None
 
 _CHALICE_ERRORS = {  # Chalice's error code -> (status, the envelope's code)
     "MethodNotAllowedError": (405, "method_not_allowed"),
@@ -53,23 +57,28 @@ def use_error_envelope(app: Chalice) -> None:
         return Response(body=envelope(status, code, message), status_code=status, headers=headers)
 
 
-_original_handle_request = chalice_local.LocalGateway.handle_request
+def _patch_local_gateway() -> None:
+    if chalice_local is None or getattr(chalice_local.LocalGateway, "_bhiv_not_found", False):
+        return
+    original = chalice_local.LocalGateway.handle_request
+
+    def handle_request(self: Any, method: str, path: str, headers: Any, body: bytes | None) -> Any:
+        try:
+            self.event_converter._route_matcher.match_route(path)
+        except ValueError:
+            # API Gateway would say 403 "Missing Authentication Token" (and chalice's emulation
+            # echoes the Authorization header); an unknown path is a 404 here, and nothing of the
+            # request is repeated back.
+            return {
+                "statusCode": 404,
+                "headers": {"Content-Type": "application/json"},
+                "multiValueHeaders": {},
+                "body": envelope(404, "not_found", "No such path; the API is described in openapi/"),
+            }
+        return original(self, method, path, headers, body)
+
+    chalice_local.LocalGateway.handle_request = handle_request
+    chalice_local.LocalGateway._bhiv_not_found = True
 
 
-def _handle_request(self: Any, method: str, path: str, headers: Any, body: bytes | None) -> Any:
-    try:
-        self.event_converter._route_matcher.match_route(path)
-    except ValueError:
-        # API Gateway would say 403 "Missing Authentication Token" (and chalice's emulation echoes
-        # the Authorization header); an unknown path is a 404 here, and nothing of the request
-        # is repeated back.
-        return {
-            "statusCode": 404,
-            "headers": {"Content-Type": "application/json"},
-            "multiValueHeaders": {},
-            "body": envelope(404, "not_found", "No such path; the API is described in openapi/"),
-        }
-    return _original_handle_request(self, method, path, headers, body)
-
-
-chalice_local.LocalGateway.handle_request = _handle_request  # type: ignore[method-assign]
+_patch_local_gateway()
