@@ -91,7 +91,7 @@ def main() -> int:
                     },
                     timeout=5,
                 )
-                assert response.status_code == 201
+                assert response.status_code == 200
             baseline = n / (time.perf_counter() - started)
         finally:
             stack.stop()

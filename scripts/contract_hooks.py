@@ -45,6 +45,11 @@ def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
             query.pop("until")  # `since` after `until` is a documented 400
         if "user_id" in query and "agent_id" in query:
             query["agent_id"] = query["user_id"]  # two names of one subject
+        if label == "GET /core/read-context":
+            if "agent_id" not in query and "user_id" not in query:
+                query["agent_id"] = "user-1"  # one of the two is required (a documented 400)
+            if "requester_id" in query:
+                query["requester_id"] = TOKEN_OWNER  # the reader is the token's owner
     if body is None:
         return
     if label.startswith("POST /core/write-event") and isinstance(body.get("requester_id"), str):

@@ -55,6 +55,18 @@ class FakeEventStore:
         next_key = {"event_id": page[-1]["event_id"], "ts_id": page[-1]["ts_id"]} if more else None
         return EventPage(page, next_key, len(page))
 
+    def count(self, query: EventQuery) -> int:
+        everything = EventQuery(query.filters, query.since, query.until, 10**9, True, None)
+        return len(self.query(everything).items)
+
+    def count_after(self, agent_key: str | None, after_ts_id: str | None) -> int:
+        return sum(
+            1
+            for i in self.items.values()
+            if (agent_key is None or i.get("agent_key") == agent_key)
+            and (after_ts_id is None or i["ts_id"] > after_ts_id)
+        )
+
     def ping(self) -> None:
         return None
 
@@ -68,6 +80,9 @@ class FakeStatsStore:
 
     def agent(self, agent_key: str) -> dict[str, Any] | None:
         return None
+
+    def agent_ids(self, limit: int) -> list[str]:
+        return []
 
 
 class RecordingLog:

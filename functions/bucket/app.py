@@ -10,10 +10,14 @@ from bhiv.bucket import runtime
 from bhiv.bucket.domain import MAX_BATCH_BYTES
 from bhiv.bucket.service import MAX_SINGLE_BODY_BYTES
 from bhiv.chalice_app import RequestLocalChalice
+from bhiv.chalice_compat import use_error_envelope
 from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, query_params, raw_body
+from bhiv.local.attach import attach_from_env
 from bhiv.validation import parse_json_body
 
+attach_from_env()  # `chalice local` (see .chalice/config.json); a no-op in Lambda and in `bhiv up`
 app = RequestLocalChalice(app_name="bhiv-bucket")
+use_error_envelope(app)
 view = api_view(app, runtime.logger)
 
 
@@ -66,8 +70,8 @@ def stats() -> Response:
 @app.route("/core/read-context", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def read_context() -> Response:
-    runtime.service().authenticate(header(app, "authorization"), "events:read")
-    return json_response(200, runtime.service().read_context(query_params(app)))
+    principal = runtime.service().authenticate(header(app, "authorization"), "events:read")
+    return json_response(200, runtime.service().read_context(principal, query_params(app)))
 
 
 def on_stats_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:

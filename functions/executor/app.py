@@ -7,23 +7,27 @@ from typing import Any
 from chalice import Response
 
 from bhiv.chalice_app import RequestLocalChalice
+from bhiv.chalice_compat import use_error_envelope
 from bhiv.executor import runtime
 from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, raw_body
+from bhiv.local.attach import attach_from_env
 from bhiv.validation import parse_json_body
 
+attach_from_env()  # `chalice local` (see .chalice/config.json); a no-op in Lambda and in `bhiv up`
 app = RequestLocalChalice(app_name="bhiv-executor")
+use_error_envelope(app)
 view = api_view(app, runtime.logger)
 MAX_BODY_BYTES = 64 * 1024
 
 
-@app.route("/healthz", methods=["GET"])
+@app.route("/healthz", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def healthz() -> Response:
     status, body = runtime.service().health()
     return json_response(status, body)
 
 
-@app.route("/health", methods=["GET"])
+@app.route("/health", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def health() -> Response:
     status, body = runtime.service().health()
@@ -39,7 +43,7 @@ def execute() -> Response:
     return json_response(status, result, headers)
 
 
-@app.route("/api/workflow/executions/{trace_id}", methods=["GET"])
+@app.route("/api/workflow/executions/{trace_id}", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def execution(trace_id: str) -> Response:
     runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")

@@ -108,6 +108,19 @@ class Authenticator:
             raise Forbidden(f"Unknown requester '{claimed}'", code="unknown_requester", field="requester_id")
         return claimed
 
+    def requester_for_read(self, principal: Principal, claimed: str, scope: str) -> str:
+        """A read that names its requester (the original `?requester_id=`): the token's owner,
+        or, with auth off, a known requester holding `scope` (403 otherwise)."""
+        if principal.authenticated:
+            return self.requester_for_write(principal, claimed)
+        if scope not in self._requesters.get(claimed, frozenset()):
+            raise Forbidden(
+                f"Requester '{claimed}' may not read here (needs the scope '{scope}')",
+                code="unauthorized_requester",
+                field="requester_id",
+            )
+        return claimed
+
     def _match(self, token: str) -> str | None:
         digest = hash_token(token)
         found: str | None = None

@@ -276,11 +276,11 @@ def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
         {"requester_id": "workflow_executor", "event_data": event},
     )
     print(f"[demo]    -> {status} {json.dumps(body)}")
-    if status != 201:
+    if status != 200:
         print("[demo] FAILED at the Bucket: the event was not stored", file=sys.stderr)
         return 1
     status, page = _request("GET", f"{bucket}/core/events?trace_id={trace_id}", tokens["bhiv_reader"])
-    print(f"[demo] 2. GET /core/events?trace_id={trace_id} -> {status}, {page.get('count')} event(s):")
+    print(f"[demo] 2. GET /core/events?trace_id={trace_id} -> {status}, {page.get('showing')} event(s):")
     print(json.dumps(page.get("events", [None])[0], indent=2))
     if status != 200 or page.get("count") != 1:
         print("[demo] FAILED: the event could not be read back", file=sys.stderr)

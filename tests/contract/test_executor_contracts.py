@@ -228,92 +228,6 @@ SEMANTIC_REFUSALS: list[tuple[str, dict[str, Any], int, str, str]] = [
         "data.payload",
     ),
     ("empty_payload", _workflow({}), 400, "missing_workflow_payload", "data.payload"),
-    (
-        "unknown_action",
-        _workflow({"action_type": "fax", "number": "1"}),
-        422,
-        "unknown_action_type",
-        "data.payload.action_type",
-    ),
-    ("task_without_title", _workflow({"action_type": "task"}), 422, "invalid_action_fields", "data.payload.title"),
-    (
-        "task_blank_title",
-        _workflow({"action_type": "task", "title": " \t\x1c"}),
-        422,
-        "invalid_action_fields",
-        "data.payload.title",
-    ),
-    (
-        "email_bad_recipient",
-        _workflow({"action_type": "email", "recipient": "not-an-address", "subject": "s", "body": "b"}),
-        422,
-        "invalid_action_fields",
-        "data.payload.recipient",
-    ),
-    (
-        "email_two_line_subject",
-        _workflow({"action_type": "email", "recipient": "a@example.com", "subject": "a\nb", "body": "b"}),
-        422,
-        "invalid_action_fields",
-        "data.payload.subject",
-    ),
-    (
-        "whatsapp_not_e164",
-        _workflow({"action_type": "whatsapp", "recipient": "98765 43210", "message": "hi"}),
-        422,
-        "invalid_action_fields",
-        "data.payload.recipient",
-    ),
-    (
-        "ai_without_prompt",
-        _workflow({"action_type": "ai", "model": "x"}),
-        422,
-        "invalid_action_fields",
-        "data.payload.prompt",
-    ),
-    (
-        "reminder_not_a_time",
-        _workflow({"action_type": "reminder", "message": "m", "remind_at": "tomorrow"}),
-        422,
-        "invalid_action_fields",
-        "data.payload.remind_at",
-    ),
-    (
-        "steps_and_action_type",
-        _workflow({"action_type": "task", "title": "t", "steps": [{"action_type": "task", "title": "t"}]}),
-        422,
-        "validation_error",
-        "data.payload.action_type",
-    ),
-    ("no_steps", _workflow({"steps": []}), 422, "validation_error", "data.payload.steps"),
-    (
-        "bad_second_step",
-        _workflow({"steps": [{"action_type": "task", "title": "t"}, {"action_type": "ai", "prompt": ""}]}),
-        422,
-        "invalid_action_fields",
-        "data.payload.steps.1.prompt",
-    ),
-    (
-        "retry_interval_too_long",
-        _workflow({"action_type": "task", "title": "t", "retry": {"interval_seconds": 61}}),
-        422,
-        "validation_error",
-        "data.payload.retry.interval_seconds",
-    ),
-    (
-        "retry_unknown_field",
-        _workflow({"action_type": "task", "title": "t", "retry": {"jitter": True}}),
-        422,
-        "validation_error",
-        "data.payload.retry",
-    ),
-    (
-        "user_id_empty",
-        _workflow({"action_type": "task", "title": "t", "user_id": ""}),
-        422,
-        "validation_error",
-        "data.payload.user_id",
-    ),
 ]
 
 
@@ -329,18 +243,119 @@ def test_executor_refuses_what_the_spec_refuses(
     assert response.status_code == status, response.body
     error = response.json_body["error"]
     assert (error["code"], error["field"]) == (code, field), error
-    if code == "unknown_action_type":
-        assert error["known"] == sorted(REGISTRY)
     assert fake_bucket.received == []
     assert _get(executor, body["trace_id"]).status_code == 404  # nothing was stored
 
 
-def test_a_past_reminder_is_refused_though_no_schema_can_say_so(executor: Client) -> None:
-    past = _workflow({"action_type": "reminder", "message": "m", "remind_at": "2001-01-01T00:00:00Z"})
-    assert not list(request_validator().iter_errors(past)), "schema-valid: `future` is the documented extra rule"
-    response = _post(executor, past)
-    assert response.status_code == 422
-    assert response.json_body["error"]["field"] == "data.payload.remind_at"
+# Payloads that cannot run: the original's contract answers them as failed executions (200,
+# `status: failed`, `error_code`), reported to the Bucket like any other: (id, payload, code, field).
+UNRUNNABLE: list[tuple[str, dict[str, Any], str, str]] = [
+    ("no_action_type", {"title": "t", "user_id": "u-1"}, "missing_action_type", "data.payload.action_type"),
+    ("meeting", {"action_type": "meeting", "user_id": "u-1"}, "unsupported_action_type", "data.payload.action_type"),
+    ("unknown_action", {"action_type": "fax", "number": "1"}, "unsupported_action_type", "data.payload.action_type"),
+    ("task_without_title", {"action_type": "task"}, "missing_task_title", "data.payload.title"),
+    ("task_blank_title", {"action_type": "task", "title": " \t\x1c"}, "missing_task_title", "data.payload.title"),
+    (
+        "email_without_recipient",
+        {"action_type": "email", "subject": "s", "body": "b"},
+        "missing_recipient",
+        "data.payload.recipient",
+    ),
+    (
+        "email_bad_recipient",
+        {"action_type": "email", "recipient": "not-an-address", "subject": "s", "body": "b"},
+        "invalid_action_fields",
+        "data.payload.recipient",
+    ),
+    (
+        "email_two_line_subject",
+        {"action_type": "email", "recipient": "a@example.com", "subject": "a\nb", "body": "b"},
+        "invalid_action_fields",
+        "data.payload.subject",
+    ),
+    (
+        "whatsapp_without_message",
+        {"action_type": "whatsapp", "recipient": "+919876543210"},
+        "missing_message",
+        "data.payload.message",
+    ),
+    (
+        "whatsapp_not_e164",
+        {"action_type": "whatsapp", "recipient": "98765 43210", "message": "hi"},
+        "invalid_action_fields",
+        "data.payload.recipient",
+    ),
+    ("ai_without_prompt", {"action_type": "ai", "model": "x"}, "missing_prompt", "data.payload.prompt"),
+    (
+        "reminder_not_a_time",
+        {"action_type": "reminder", "message": "m", "remind_at": "tomorrow"},
+        "invalid_action_fields",
+        "data.payload.remind_at",
+    ),
+    (
+        "reminder_in_the_past",
+        {"action_type": "reminder", "message": "m", "remind_at": "2001-01-01T00:00:00Z"},
+        "invalid_action_fields",
+        "data.payload.remind_at",
+    ),
+    (
+        "steps_and_action_type",
+        {"action_type": "task", "title": "t", "steps": [{"action_type": "task", "title": "t"}]},
+        "invalid_steps",
+        "data.payload.action_type",
+    ),
+    ("no_steps", {"steps": []}, "invalid_steps", "data.payload.steps"),
+    (
+        "bad_second_step",
+        {"steps": [{"action_type": "task", "title": "t"}, {"action_type": "ai", "prompt": ""}]},
+        "missing_prompt",
+        "data.payload.steps.1.prompt",
+    ),
+    (
+        "retry_interval_too_long",
+        {"action_type": "task", "title": "t", "retry": {"interval_seconds": 61}},
+        "invalid_retry",
+        "data.payload.retry.interval_seconds",
+    ),
+    (
+        "retry_unknown_field",
+        {"action_type": "task", "title": "t", "retry": {"jitter": True}},
+        "invalid_retry",
+        "data.payload.retry",
+    ),
+    ("user_id_empty", {"action_type": "task", "title": "t", "user_id": ""}, "invalid_user_id", "data.payload.user_id"),
+]
+
+
+@pytest.mark.parametrize(("payload", "code", "field"), [pytest.param(*case[1:], id=case[0]) for case in UNRUNNABLE])
+def test_an_unrunnable_payload_is_a_failed_execution_reported_to_the_bucket(
+    executor: Client, fake_bucket: FakeBucket, payload: dict[str, Any], code: str, field: str
+) -> None:
+    body = _workflow(payload, trace_id=f"unrunnable-{code}-{len(payload)}")
+    assert not list(request_validator().iter_errors(body)), "the spec's request schema takes it"
+    response = _post(executor, body)
+    assert response.status_code == 200, response.body
+    result = response.json_body
+    assert result["status"] == "failed"
+    assert result["execution_result"]["success"] is False
+    assert (result["execution_result"]["error_code"], result["execution_result"]["field"]) == (code, field)
+    assert result["execution_result"]["message"]
+    if code == "unsupported_action_type":
+        assert result["execution_result"]["known"] == sorted(REGISTRY)
+    (delivered,) = fake_bucket.received  # "no silent failures": the failure is an event too
+    event = delivered["body"]["event_data"]
+    assert (event["event_type"], event["status"], event["trace_id"]) == (
+        "workflow_execution",
+        "failed",
+        body["trace_id"],
+    )
+    assert event["execution_result"]["error_code"] == code
+    action_type = payload.get("action_type")
+    assert event["action_type"] == (action_type if isinstance(action_type, str) else None)
+    assert _get(executor, body["trace_id"]).json_body["status"] == "failed"
+
+
+def test_a_future_reminder_runs(executor: Client) -> None:
     future = _workflow({"action_type": "reminder", "message": "m", "remind_at": _future()}, trace_id="semantic-2")
     assert _post(executor, future).json_body["status"] == "success"
 

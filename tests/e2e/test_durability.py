@@ -38,7 +38,7 @@ def _writer(stack: RunningStack, user: str, acknowledged: list[str], stop: threa
             )
         except requests.RequestException:
             return  # the stack is gone
-        if response.status_code == 201:
+        if response.status_code == 200:
             acknowledged.append(event_id)
         i += 1
 

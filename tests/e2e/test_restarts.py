@@ -68,7 +68,7 @@ def test_a_second_start_on_a_running_state_dir_exits_at_once_and_touches_nothing
     stack = start_stack(state)
     try:
         acknowledged = [f"lock-{i}-{uuid.uuid4().hex[:6]}" for i in range(5)]
-        assert all(_write(stack, user, event_id) == 201 for event_id in acknowledged)
+        assert all(_write(stack, user, event_id) == 200 for event_id in acknowledged)
         poll_until(lambda: _applied(stack, user), lambda n: n == 5, timeout=30)
         journal = (state / "journal.jsonl").read_bytes()
         stack_file = (state / "stack.json").read_text(encoding="utf-8")
@@ -111,7 +111,7 @@ def test_a_torn_journal_tail_is_cut_and_every_later_start_works(tmp_path: Path) 
     stack = start_stack(state)
     for i in range(10):
         event_id = f"torn-a{i}-{uuid.uuid4().hex[:6]}"
-        assert _write(stack, user, event_id) == 201
+        assert _write(stack, user, event_id) == 200
         acknowledged.append(event_id)
     stack.stop(signal.SIGKILL)
     with open(state / "journal.jsonl", "ab") as journal:  # a multi-page write cut short by the kill
@@ -121,7 +121,7 @@ def test_a_torn_journal_tail_is_cut_and_every_later_start_works(tmp_path: Path) 
     assert _log_records(second, "Journal tail truncated")
     for i in range(10):
         event_id = f"torn-b{i}-{uuid.uuid4().hex[:6]}"
-        assert _write(second, user, event_id) == 201
+        assert _write(second, user, event_id) == 200
         acknowledged.append(event_id)
     second.stop(signal.SIGKILL)
 
@@ -158,7 +158,7 @@ def test_after_kill_9_no_stream_record_is_delivered_again(tmp_path: Path) -> Non
     user = f"redeliver-{uuid.uuid4().hex[:6]}"
     stack = start_stack(state)
     for i in range(30):
-        assert _write(stack, user, f"rd-{i}-{uuid.uuid4().hex[:6]}") == 201
+        assert _write(stack, user, f"rd-{i}-{uuid.uuid4().hex[:6]}") == 200
     poll_until(lambda: _applied(stack, user), lambda n: n == 30, timeout=30)
     _wait_for_consumers(state)
     stack.stop(signal.SIGKILL)
@@ -177,7 +177,7 @@ def test_compaction_while_running_bounds_the_replay_and_loses_nothing(tmp_path: 
     acknowledged = []
     for i in range(120):
         event_id = f"cp-{i}-{uuid.uuid4().hex[:6]}"
-        assert _write(stack, user, event_id) == 201
+        assert _write(stack, user, event_id) == 200
         acknowledged.append(event_id)
     poll_until(lambda: _log_records(stack, "State compacted"), bool, timeout=30)
     poll_until(lambda: _applied(stack, user), lambda n: n == 120, timeout=30)
@@ -208,7 +208,7 @@ def test_rebuild_equals_live_state_after_concurrent_writers(tmp_path: Path) -> N
             nonlocal count
             for i in range(60):
                 action = ACTIONS[(i + n) % len(ACTIONS)]
-                if _write(stack, users[(i + n) % len(users)], f"ord-{n}-{i}-{uuid.uuid4().hex[:6]}", action) == 201:
+                if _write(stack, users[(i + n) % len(users)], f"ord-{n}-{i}-{uuid.uuid4().hex[:6]}", action) == 200:
                     with lock:
                         count += 1
 

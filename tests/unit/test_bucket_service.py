@@ -43,16 +43,17 @@ def body(**event_data: Any) -> dict[str, Any]:
     return {"requester_id": "workflow_executor", "event_data": {"event_type": "test", **event_data}}
 
 
-def test_first_write_is_201_and_stored_once(service: BucketService, store: FakeEventStore) -> None:
+def test_first_write_is_200_and_stored_once(service: BucketService, store: FakeEventStore) -> None:
+    # every original client counts only 200 as stored (ORIGINAL_API.md)
     status, result = service.write_event(WRITER, body(message="hi"))
-    assert status == 201
+    assert status == 200
     assert result["success"] is True and result["message"] == "Event received" and result["duplicate"] is False
     assert list(store.items) == [result["event_id"]]
 
 
 def test_same_id_same_content_is_a_duplicate(service: BucketService, store: FakeEventStore) -> None:
     first = {**body(message="hi"), "event_id": "e-1"}
-    assert service.write_event(WRITER, first)[0] == 201
+    assert service.write_event(WRITER, first)[0] == 200
     status, result = service.write_event(WRITER, first)
     assert (status, result["duplicate"], result["event_id"]) == (200, True, "e-1")
     assert len(store.items) == 1
@@ -155,7 +156,7 @@ def test_listing_is_newest_first_and_pages_without_gaps(service: BucketService) 
     seen: list[str] = []
     cursor = None
     while True:
-        params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
+        params = {"limit": "3", "order": "desc", **({"cursor": cursor} if cursor else {})}
         page = service.list_events(params)
         seen += [e["event_id"] for e in page["events"]]
         cursor = page["next_cursor"]
@@ -207,3 +208,64 @@ def test_health_is_503_when_storage_is_unreachable(log: RecordingLog) -> None:
     assert status == 503 and body["status"] == "unhealthy" and body["storage"]["status"] == "unreachable"
     up = BucketService(FakeEventStore(), FakeStatsStore(), auth, log, b"secret")
     assert up.health()[0] == 200
+
+
+def test_listing_without_order_is_the_newest_events_oldest_first(service: BucketService) -> None:
+    # the original answered the last N events oldest first: scripts take events[-1] as the newest
+    ids = [service.write_event(WRITER, body(n=i))[1]["event_id"] for i in range(5)]
+    page = service.list_events({"limit": "3"})
+    assert [e["event_id"] for e in page["events"]] == ids[2:]
+    assert (page["count"], page["showing"]) == (5, 3)  # count: all stored; showing: this page
+    older = service.list_events({"limit": "3", "cursor": page["next_cursor"]})
+    assert [e["event_id"] for e in older["events"]] == ids[:2]
+
+
+def test_count_includes_events_the_stats_have_not_counted_yet(service: BucketService) -> None:
+    before = service.list_events({})["count"]
+    service.write_event(WRITER, body(n=1))
+    assert service.list_events({})["count"] == before + 1
+
+
+def test_event_data_fields_are_at_the_top_level_but_never_over_server_fields(service: BucketService) -> None:
+    service.write_event(
+        WRITER,
+        body(action_type="task", status="failed", requester_id="someone_else", timestamp="1999-01-01T00:00:00Z"),
+    )
+    event = service.list_events({})["events"][-1]
+    assert (event["action_type"], event["status"]) == ("task", "failed")
+    assert event["requester_id"] == "workflow_executor" and event["timestamp"] == event["received_at"]
+    assert event["event_data"]["timestamp"] == "1999-01-01T00:00:00Z"
+
+
+READER = Principal("bhiv_core", frozenset({"events:read"}))
+
+
+def test_read_context_has_the_original_shape(service: BucketService) -> None:
+    assert service.read_context(READER, {"agent_id": "nobody"}) == {"success": True, "context": None}
+    service.write_event(WRITER, body(event_type="a", agent_id="agent-1"))
+    service.write_event(WRITER, body(event_type="b", metadata={"user_id": "agent-1"}))
+    result = service.read_context(READER, {"agent_id": "agent-1", "requester_id": "bhiv_core"})
+    context = result["context"]
+    assert result["success"] is True
+    assert context["agent_id"] == "agent-1" and context["event_count"] == 2
+    assert context["recent_event_types"] == ["b", "a"]
+    assert context["last_updated"] == context["recent_events"][0]["received_at"]
+
+
+def test_read_context_refuses_a_requester_other_than_the_token_owner(service: BucketService) -> None:
+    with pytest.raises(Forbidden):
+        service.read_context(READER, {"agent_id": "a", "requester_id": "workflow_executor"})
+
+
+def test_stats_keep_the_original_fields(service: BucketService) -> None:
+    stats = service.stats()
+    assert stats["integration_status"] == "active"
+    assert isinstance(stats["stats"]["agents_with_context"], int)
+    assert isinstance(stats["stats"]["tracked_agents"], list)
+
+
+def test_count_of_a_filtered_listing_is_what_matches(service: BucketService) -> None:
+    for i in range(3):
+        service.write_event(WRITER, body(n=i, trace_id="t-a" if i else "t-b"))
+    page = service.list_events({"trace_id": "t-a", "limit": "1"})
+    assert (page["count"], page["showing"]) == (2, 1)

@@ -88,3 +88,55 @@ def test_recommendations_rank_the_roles_q_values() -> None:
     ranked = recommendations(P, result.qtable, "learner")
     assert ranked[0]["action"] == "helping_peers"
     assert len(ranked) == len(P.action_names)
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        # BHIV Core's agent_result {task_id, agent_id, result}: outcome from the result, user from metadata
+        (
+            {"event_type": "agent_result", "agent_id": "a", "result": {"success": True}, "metadata": {"user_id": "u"}},
+            ("u", "agent_success"),
+        ),
+        (
+            {"event_type": "agent_result", "agent_id": "a", "result": {"success": False}, "user_id": "u"},
+            ("u", "agent_failure"),
+        ),
+        (
+            {"event_type": "agent_result", "agent_id": "a", "result": {"status": "partial"}, "user_id": "u"},
+            ("u", "agent_partial"),
+        ),
+        ({"event_type": "agent_result", "agent_id": "a", "result": {"success": True}}, None),  # an agent is no user
+        ({"event_type": "agent_result", "agent_id": "a", "result": {"note": "?"}, "user_id": "u"}, None),  # no outcome
+        # BHIV Core's rl_outcome {agent_id, reward, metadata}: outcome from the reward's sign
+        (
+            {"event_type": "rl_outcome", "agent_id": "a", "reward": 2.5, "metadata": {"user_id": "u"}},
+            ("u", "rl_positive"),
+        ),
+        ({"event_type": "rl_outcome", "agent_id": "a", "reward": 0, "metadata": {"user_id": "u"}}, ("u", "rl_neutral")),
+        (
+            {"event_type": "rl_outcome", "agent_id": "a", "reward": -1, "metadata": {"user_id": "u"}},
+            ("u", "rl_negative"),
+        ),
+        (
+            {"event_type": "rl_outcome", "reward": 3, "outcome": "negative", "user_id": "u"},
+            ("u", "rl_negative"),
+        ),  # sent wins
+        # the original Executor's workflow_execution: the user in metadata.user_id
+        (
+            {"event_type": "workflow_execution", "status": "failed", "metadata": {"user_id": "u"}},
+            ("u", "workflow_failure"),
+        ),
+    ],
+)
+def test_original_writers_shapes_are_mapped_by_documented_rules(event: dict[str, object], expected: object) -> None:
+    assert P.map_event(event) == expected
+
+
+def test_paap_is_the_merit_lost_to_penalties() -> None:
+    user, q = UserState.new("u", P), QTable.new(P)
+    for day, action in ((1, "cheat"), (2, "completing_lessons"), (3, "cheat")):
+        result = apply_action(P, user, q, action, T.format(day=day))
+        user, q = result.user, result.qtable
+    assert user.paap == 2 + 5  # the first cheat costs 2, the second within 30 days 5
+    assert P.merit(user.balances) == -2 + 5 - 5

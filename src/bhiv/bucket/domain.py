@@ -16,6 +16,7 @@ from bhiv.errors import BadRequest
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_ITEMS = 100
+MAX_SUBJECT_CHARS = 256
 FEED = "all"  # the partition of the by_time index: one feed of every event
 
 
@@ -65,7 +66,7 @@ def build_event(event_data: dict[str, Any], requester_id: str, event_id: str | N
     """The stored form of an accepted event; the server owns every top-level field."""
     data_json = canonical_json(event_data)
     content_hash = hashlib.sha256(f"{requester_id}\n{data_json}".encode()).hexdigest()
-    agent = event_data.get("user_id") or event_data.get("agent_id")
+    agent = subject_of(event_data)
     trace = event_data.get("trace_id")
     return NewEvent(
         event_id=event_id or f"evt_{uuid.uuid4().hex}",
@@ -80,14 +81,33 @@ def build_event(event_data: dict[str, Any], requester_id: str, event_id: str | N
     )
 
 
+def subject_of(event_data: dict[str, Any]) -> str | None:
+    """Who an event is about: `user_id`, else `agent_id`, else `metadata.user_id` (where the
+    original Workflow Executor put the user)."""
+    metadata = event_data.get("metadata")
+    candidates = (
+        event_data.get("user_id"),
+        event_data.get("agent_id"),
+        metadata.get("user_id") if isinstance(metadata, dict) else None,
+    )
+    for value in candidates:
+        if isinstance(value, str) and value and len(value) <= MAX_SUBJECT_CHARS:
+            return value
+    return None
+
+
 def event_size(event_data: dict[str, Any]) -> int:
     return len(canonical_json(event_data).encode("utf-8"))
 
 
 def public_event(stored: dict[str, Any]) -> dict[str, Any]:
-    """The API shape of a stored event (see contracts/stored_event.schema.json)."""
+    """The API shape of a stored event (see contracts/stored_event.schema.json).
+
+    Every `event_data` field is also at the top level, as the original Bucket stored events
+    (clients read `event["action_type"]`); the server-owned fields win over same-named ones."""
     data = json.loads(stored["event_data"])
     return {
+        **data,
         "event_id": stored["event_id"],
         "event_type": stored["event_type"],
         "trace_id": stored.get("trace_id"),

@@ -85,9 +85,10 @@ class WriteEventsRequest(BaseModel):
 
 
 class StoredEvent(BaseModel):
-    """An event as the Bucket returns it (contracts/stored_event.schema.json)."""
+    """An event as the Bucket returns it (contracts/stored_event.schema.json): the server-owned
+    fields below, plus every event_data field copied to the top level."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True)
 
     event_id: NonEmpty
     event_type: NonEmpty

@@ -16,6 +16,8 @@ from bhiv.storage.events import EventPage, EventQuery
 from bhiv.validation import raise_for_errors, schema_errors
 
 VERSION = "2.0.0"
+TRACKED_AGENTS_SHOWN = 100  # /core/stats lists at most this many agent ids (agents_with_context counts all)
+CONTEXT_TYPES_WINDOW = 10  # read-context's recent_event_types: distinct types of the newest 10 events
 MAX_SINGLE_BODY_BYTES = 64 * 1024
 LIST_FILTERS = ("event_type", "requester_id", "trace_id", "user_id", "agent_id")
 
@@ -25,6 +27,8 @@ class EventRepository(Protocol):
     def append_many(self, events: list[domain.NewEvent]) -> list[dict[str, Any] | None]: ...
     def get(self, event_id: str) -> dict[str, Any] | None: ...
     def query(self, query: EventQuery) -> EventPage: ...
+    def count(self, query: EventQuery) -> int: ...
+    def count_after(self, agent_key: str | None, after_ts_id: str | None) -> int: ...
     def ping(self) -> None: ...
 
 
@@ -32,6 +36,7 @@ class StatsRepository(Protocol):
     def totals(self) -> dict[str, Any]: ...
     def breakdown(self) -> dict[str, dict[str, int]]: ...
     def agent(self, agent_key: str) -> dict[str, Any] | None: ...
+    def agent_ids(self, limit: int) -> list[str]: ...
 
 
 class Log(Protocol):
@@ -70,9 +75,10 @@ class BucketService:
         event_data: dict[str, Any] = body["event_data"]
         self._check_event(event_data, "event_data")
         outcome, event_id = self._store(requester, event_data, body.get("event_id"))
+        # 200 for new and duplicate alike: every original client counts only 200 as stored
         if outcome == "duplicate":
             return 200, {"success": True, "message": "Duplicate event ignored", "event_id": event_id, "duplicate": True}
-        return 201, {"success": True, "message": "Event received", "event_id": event_id, "duplicate": False}
+        return 200, {"success": True, "message": "Event received", "event_id": event_id, "duplicate": False}
 
     def write_events(self, principal: Principal, body: Any) -> tuple[int, dict[str, Any]]:
         if isinstance(body, dict) and isinstance(body.get("events"), list):
@@ -164,9 +170,10 @@ class BucketService:
 
     def list_events(self, params: dict[str, str]) -> dict[str, Any]:
         limit = _int_param(params, "limit", default=100, low=1, high=1000)
-        order = params.get("order", "desc")
-        if order not in ("asc", "desc"):
+        order = params.get("order")
+        if order is not None and order not in ("asc", "desc"):
             raise BadRequest("'order' must be 'asc' or 'desc'", code="invalid_parameter", field="order")
+        order = order or "tail"
         filters: dict[str, str] = {}
         for name in LIST_FILTERS:
             value = params.get(name)
@@ -191,10 +198,27 @@ class BucketService:
             if not all(isinstance(v, str) for v in position.values()):
                 raise BadRequest("Invalid or tampered cursor", code="invalid_cursor", field="cursor")
             start_key = position
-        page = self._events.query(EventQuery(filters, since, until, limit, order == "desc", start_key))
+        # Without `order` (the original clients): the newest `limit` events, returned oldest first.
+        page = self._events.query(EventQuery(filters, since, until, limit, order != "asc", start_key))
         events = [domain.public_event(item) for item in page.items]
+        if order == "tail":
+            events.reverse()
         next_cursor = domain.encode_cursor(page.next_key, fingerprint, self._cursor_secret) if page.next_key else None
-        return {"events": events, "count": len(events), "showing": len(events), "next_cursor": next_cursor}
+        if filters or since or until:
+            count = self._events.count(EventQuery(filters, since, until, limit, True, None))
+        else:
+            count = self.total_events()
+        return {"events": events, "count": count, "showing": len(events), "next_cursor": next_cursor}
+
+    def total_events(self) -> int:
+        """Events stored, including those the stream consumer has not counted yet."""
+        totals = self._stats.totals()
+        return int(totals["total_events"]) + self._events.count_after(None, _after(totals["last_event_at"]))
+
+    def _agent_event_count(self, agent_id: str) -> int:
+        summary = self._stats.agent(agent_id) or {}
+        counted = int(summary.get("event_count", 0))
+        return counted + self._events.count_after(agent_id, _after(summary.get("last_event_at")))
 
     def get_event(self, event_id: str) -> dict[str, Any]:
         stored = self._events.get(event_id) if len(event_id) <= 128 else None
@@ -212,29 +236,44 @@ class BucketService:
                 "by_event_type": breakdown["by_event_type"],
                 "by_requester": breakdown["by_requester"],
                 "agents_tracked": totals["agents_tracked"],
+                "agents_with_context": totals["agents_tracked"],
+                "tracked_agents": self._stats.agent_ids(TRACKED_AGENTS_SHOWN),
                 "last_event_at": totals["last_event_at"],
             },
-            "integration_status": {"storage": "dynamodb", "stats_source": "events stream", "status": "connected"},
+            "integration_status": "active",
+            "integration": {"storage": "dynamodb", "stats_source": "events stream", "status": "connected"},
         }
 
-    def read_context(self, params: dict[str, str]) -> dict[str, Any]:
+    def read_context(self, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
         agent_id = params.get("agent_id") or params.get("user_id")
         if not agent_id or len(agent_id) > 256:
-            raise BadRequest("'agent_id' (1..256 characters) is required", code="invalid_parameter", field="agent_id")
+            raise BadRequest(
+                "'agent_id' (or 'user_id'), 1..256 characters, is required", code="invalid_parameter", field="agent_id"
+            )
+        if params.get("user_id") and params.get("agent_id") and params["user_id"] != params["agent_id"]:
+            raise BadRequest(
+                "'user_id' and 'agent_id' name the same subject; they differ", code="invalid_parameter", field="user_id"
+            )
+        if "requester_id" in params:
+            self._auth.requester_for_read(principal, params["requester_id"], "events:read")
         limit = _int_param(params, "limit", default=20, low=1, high=100)
         page = self._events.query(EventQuery({"agent_key": agent_id}, None, None, limit, True, None))
         recent = [domain.public_event(item) for item in page.items]
-        summary = self._stats.agent(agent_id) or {}
+        if not recent:
+            return {"success": True, "context": None}
         recent_types: list[str] = []
-        for event in recent:
+        for event in recent[:CONTEXT_TYPES_WINDOW]:
             if event["event_type"] not in recent_types:
                 recent_types.append(event["event_type"])
         return {
-            "agent_id": agent_id,
-            "event_count": summary.get("event_count", 0),
-            "last_update": recent[0]["received_at"] if recent else summary.get("last_event_at"),
-            "recent_event_types": recent_types,
-            "recent_events": recent,
+            "success": True,
+            "context": {
+                "agent_id": agent_id,
+                "event_count": self._agent_event_count(agent_id),
+                "last_updated": recent[0]["received_at"],
+                "recent_event_types": recent_types,
+                "recent_events": recent,
+            },
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -277,6 +316,11 @@ def _item_error(index: int, event_id: Any, exc: ApiError) -> dict[str, Any]:
         "event_id": event_id if isinstance(event_id, str) else None,
         "error": exc.to_body()["error"] | {"status": exc.status},
     }
+
+
+def _after(watermark: str | None) -> str | None:
+    # ts_id is "<received_at>#<event_id>": "~" sorts after "#", so every counted id is excluded
+    return f"{watermark}~" if watermark else None
 
 
 def _int_param(params: dict[str, str], name: str, *, default: int, low: int, high: int) -> int:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from bhiv.executor.engine import RunResult
-from bhiv.executor.plan import Plan
+from bhiv.executor.plan import InvalidPlan, Plan
 
 MAX_EVENT_BYTES = 30 * 1024  # the Bucket refuses events over 32 KB
 
@@ -18,11 +18,49 @@ def event_id_for(trace_id: str) -> str:
 
 
 def execution_result(plan: Plan, run: RunResult) -> dict[str, Any]:
-    result: dict[str, Any] = {"steps": [s.to_json() for s in run.steps]}
+    """The original's locked contract: `success` always; on failure `error_code` and `message`."""
+    result: dict[str, Any] = {"success": run.status == "success", "steps": [s.to_json() for s in run.steps]}
     if plan.single:
         only = run.steps[0]
         result.update({"action_type": only.action_type, "output": only.output, "error": only.error})
+    failed = next((s for s in run.steps if s.status == "failed"), None)
+    if failed is not None:
+        result.update({"error_code": "action_failed", "message": f"{failed.action_type}: {failed.error}"})
     return result
+
+
+def invalid_plan_result(problem: InvalidPlan, action_type: str | None) -> dict[str, Any]:
+    """A workflow that could not run: a failed execution with the original's error code."""
+    result: dict[str, Any] = {
+        "success": False,
+        "error_code": problem.error_code,
+        "message": problem.message,
+        "steps": [],
+        "action_type": action_type,
+        "output": None,
+        "error": problem.message,
+    }
+    for name in ("field", "errors", "known"):
+        if name in problem.details:
+            result[name] = problem.details[name]
+    return result
+
+
+def invalid_plan_event(
+    trace_id: str, user_id: str | None, action_type: str | None, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Reported like any failed execution ("no silent failures"); action_type null when none was given."""
+    event: dict[str, Any] = {
+        "event_type": "workflow_execution",
+        "trace_id": trace_id,
+        "status": "failed",
+        "action_type": action_type,
+        "execution_result": result,
+        "duration_ms": 0,
+    }
+    if user_id:
+        event["user_id"] = user_id
+    return event
 
 
 def workflow_event(plan: Plan, run: RunResult, result: dict[str, Any]) -> dict[str, Any]:

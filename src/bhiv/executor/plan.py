@@ -13,7 +13,28 @@ from bhiv.errors import BadRequest, Unprocessable
 from bhiv.executor.actions.base import Action
 
 WORKFLOW = "workflow"
+DECISIONS = ("respond", "task", "workflow", "insight", "fallback")
 STEP_META = frozenset({"action_type", "retry", "trace_id", "user_id", "name"})
+
+
+class InvalidPlan(Unprocessable):
+    """The payload names a workflow that cannot run (no or an unknown action_type, missing or bad
+    fields). The original contract answers this as a *failed execution* (200, `status: failed`,
+    reported to the Bucket), not as a refused request: `error_code` is the original's code."""
+
+    def __init__(self, message: str, *, error_code: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.error_code = error_code
+
+
+def _field_error_code(action_type: str, problems: list[dict[str, str]]) -> str:
+    """The original's codes: `missing_<field>` (a task's title: `missing_task_title`) for a
+    required field left out, `invalid_action_fields` for anything else."""
+    first = problems[0]
+    name = first["field"].rsplit(".", 1)[-1]
+    if first["message"] in ("is required", "must not be empty"):
+        return "missing_task_title" if (action_type, name) == ("task", "title") else f"missing_{name}"
+    return "invalid_action_fields"
 
 
 @dataclass(frozen=True)
@@ -49,34 +70,50 @@ def _retry(raw: Any, where: str) -> RetryPolicy:
     if raw is None:
         return RetryPolicy()
     if not isinstance(raw, dict):
-        raise Unprocessable(f"'{where}' must be an object", field=where)
+        raise InvalidPlan(f"'{where}' must be an object", error_code="invalid_retry", field=where)
     unknown = set(raw) - {"max_attempts", "interval_seconds", "backoff_rate"}
     if unknown:
-        raise Unprocessable(f"'{where}' has unknown fields: {', '.join(sorted(unknown))}", field=where)
+        raise InvalidPlan(
+            f"'{where}' has unknown fields: {', '.join(sorted(unknown))}", error_code="invalid_retry", field=where
+        )
     attempts = raw.get("max_attempts", 3)
     interval = raw.get("interval_seconds", 1.0)
     backoff = raw.get("backoff_rate", 2.0)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10:
-        raise Unprocessable(f"'{where}.max_attempts' must be an integer 1..10", field=f"{where}.max_attempts")
+        raise InvalidPlan(
+            f"'{where}.max_attempts' must be an integer 1..10",
+            error_code="invalid_retry",
+            field=f"{where}.max_attempts",
+        )
     if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 <= interval <= 60:
-        raise Unprocessable(f"'{where}.interval_seconds' must be 0..60", field=f"{where}.interval_seconds")
+        raise InvalidPlan(
+            f"'{where}.interval_seconds' must be 0..60", error_code="invalid_retry", field=f"{where}.interval_seconds"
+        )
     if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1 <= backoff <= 10:
-        raise Unprocessable(f"'{where}.backoff_rate' must be 1..10", field=f"{where}.backoff_rate")
+        raise InvalidPlan(
+            f"'{where}.backoff_rate' must be 1..10", error_code="invalid_retry", field=f"{where}.backoff_rate"
+        )
     if not all(math.isfinite(float(v)) for v in (interval, backoff)):
-        raise Unprocessable(f"'{where}' must hold finite numbers", field=where)
+        raise InvalidPlan(f"'{where}' must hold finite numbers", error_code="invalid_retry", field=where)
     return RetryPolicy(attempts, float(interval), float(backoff))
 
 
 def _step(index: int, raw: Any, where: str, registry: dict[str, Action]) -> Step:
     if not isinstance(raw, dict):
-        raise Unprocessable(f"'{where}' must be an object", field=where)
+        raise InvalidPlan(f"'{where}' must be an object", error_code="invalid_step", field=where)
     action_type = raw.get("action_type")
     if not isinstance(action_type, str) or not action_type:
-        raise Unprocessable(f"'{where}.action_type' is required", field=f"{where}.action_type", known=sorted(registry))
+        raise InvalidPlan(
+            f"'{where}.action_type' is required",
+            error_code="missing_action_type",
+            field=f"{where}.action_type",
+            known=sorted(registry),
+        )
     action = registry.get(action_type)
     if action is None:
-        raise Unprocessable(
-            f"Unknown action_type '{action_type}' (known: {', '.join(sorted(registry))})",
+        raise InvalidPlan(
+            f"Unsupported action_type '{action_type}' (known: {', '.join(sorted(registry))})",
+            error_code="unsupported_action_type",
             code="unknown_action_type",
             field=f"{where}.action_type",
             known=sorted(registry),
@@ -85,8 +122,9 @@ def _step(index: int, raw: Any, where: str, registry: dict[str, Action]) -> Step
     problems = action.validate(fields)
     if problems:
         errors = [{"field": f"{where}.{p.field}", "message": p.message} for p in problems]
-        raise Unprocessable(
+        raise InvalidPlan(
             f"Invalid '{action_type}' step: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+            error_code=_field_error_code(action_type, errors),
             code="invalid_action_fields",
             field=errors[0]["field"],
             errors=errors,
@@ -112,16 +150,24 @@ def build_plan(body: dict[str, Any], trace_id: str, registry: dict[str, Action])
         )
     user_id = payload.get("user_id")
     if user_id is not None and (not isinstance(user_id, str) or not 1 <= len(user_id) <= 256):
-        raise Unprocessable(
-            "'data.payload.user_id' must be a string of 1..256 characters", field="data.payload.user_id"
+        raise InvalidPlan(
+            "'data.payload.user_id' must be a string of 1..256 characters",
+            error_code="invalid_user_id",
+            field="data.payload.user_id",
         )
     if "steps" in payload:
         raw_steps = payload["steps"]
         if not isinstance(raw_steps, list) or not 1 <= len(raw_steps) <= 25:
-            raise Unprocessable("'data.payload.steps' must be a list of 1..25 steps", field="data.payload.steps")
+            raise InvalidPlan(
+                "'data.payload.steps' must be a list of 1..25 steps",
+                error_code="invalid_steps",
+                field="data.payload.steps",
+            )
         if "action_type" in payload:
-            raise Unprocessable(
-                "Give either 'action_type' (one action) or 'steps', not both", field="data.payload.action_type"
+            raise InvalidPlan(
+                "Give either 'action_type' (one action) or 'steps', not both",
+                error_code="invalid_steps",
+                field="data.payload.action_type",
             )
         steps = tuple(_step(i, raw, f"data.payload.steps.{i}", registry) for i, raw in enumerate(raw_steps))
         return Plan(trace_id, user_id, steps, single=False)

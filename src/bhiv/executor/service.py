@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -15,9 +14,15 @@ from bhiv.contracts import event_type_errors
 from bhiv.errors import Conflict, NotFound, StorageUnavailable
 from bhiv.executor.actions.base import Action
 from bhiv.executor.delivery import BucketClient, DeliveryOutcome, deliver
-from bhiv.executor.engine import run_plan
-from bhiv.executor.event import event_id_for, execution_result, workflow_event
-from bhiv.executor.plan import build_plan, skip_reason
+from bhiv.executor.engine import RunResult, run_plan
+from bhiv.executor.event import (
+    event_id_for,
+    execution_result,
+    invalid_plan_event,
+    invalid_plan_result,
+    workflow_event,
+)
+from bhiv.executor.plan import InvalidPlan, Plan, build_plan, skip_reason
 from bhiv.storage.executions import QUEUED, ExecutionStore
 from bhiv.validation import raise_for_errors, schema_errors
 
@@ -64,7 +69,7 @@ class ExecutorService:
 
     def execute(self, body: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
         raise_for_errors(schema_errors("workflow_request", body))
-        trace_id: str = body.get("trace_id") or f"trace_{uuid.uuid4().hex}"
+        trace_id: str = body["trace_id"]
         reason = skip_reason(body)
         if reason is not None:
             return (
@@ -79,16 +84,34 @@ class ExecutorService:
                 },
                 {},
             )
-        plan = build_plan(body, trace_id, self._registry)
+        plan: Plan | None = None
+        problem: InvalidPlan | None = None
+        try:
+            plan = build_plan(body, trace_id, self._registry)
+        except InvalidPlan as exc:
+            problem = exc  # answered as a failed execution, and reported like one
         request_hash = hashlib.sha256(canonical_json(body).encode()).hexdigest()
         now = self._clock()
         existing = self._store.claim(trace_id, request_hash, isoformat(now), isoformat(now + LEASE))
         if existing is not None:
             return self._replay(trace_id, request_hash, existing)
-        self._log.info("Executing workflow", trace_id=trace_id, steps=[s.action_type for s in plan.steps])
-        run = run_plan(plan, self._registry, sleep=self._sleep)
-        result = execution_result(plan, run)
-        event = workflow_event(plan, run, result)
+        if plan is not None:
+            self._log.info("Executing workflow", trace_id=trace_id, steps=[s.action_type for s in plan.steps])
+            run = run_plan(plan, self._registry, sleep=self._sleep)
+            result = execution_result(plan, run)
+            event = workflow_event(plan, run, result)
+            user_id = plan.user_id
+        else:
+            assert problem is not None
+            payload = body["data"]["payload"]
+            action_type = payload.get("action_type") if isinstance(payload.get("action_type"), str) else None
+            user_id = _valid_user(payload.get("user_id"))
+            self._log.warning(
+                "Workflow cannot run", trace_id=trace_id, error_code=problem.error_code, reason=problem.message
+            )
+            run = RunResult("failed")
+            result = invalid_plan_result(problem, action_type)
+            event = invalid_plan_event(trace_id, user_id, action_type, result)
         contract_errors = event_type_errors(event)
         if contract_errors:  # our own bug; the Bucket would refuse it, so say so loudly
             self._log.error("Workflow event breaks its contract", trace_id=trace_id, errors=contract_errors)
@@ -98,7 +121,7 @@ class ExecutorService:
             "status": run.status,
             "execution_result": result,
             "event_id": event_id,
-            "user_id": plan.user_id,
+            "user_id": user_id,
             "duration_ms": round(run.duration_ms, 3),
         }
         record = {
@@ -256,6 +279,10 @@ class ExecutorService:
             }
             for item in self._store.queued()
         ]
+
+
+def _valid_user(value: Any) -> str | None:
+    return value if isinstance(value, str) and 1 <= len(value) <= 256 else None
 
 
 def _delivery_json(outcome: DeliveryOutcome, state: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class UserState:
     events_applied: int = 0
     last_updated: str | None = None
     version: int = 0
+    paap: float = 0.0  # merit lost to penalties (negative points) so far; never decreases
 
     @staticmethod
     def new(user_id: str, policy: Policy) -> UserState:
@@ -100,6 +101,7 @@ def apply_action(policy: Policy, user: UserState, qtable: QTable, action: str, a
     cheats = user.cheat_times
     if spec.escalation is not None:
         cheats = (*cheats, at)[-CHEAT_MEMORY:]
+    penalty = -sum(min(amount, 0.0) * policy.merit_weights.get(token, 0.0) for token, amount in points.items())
     stats = dict(user.action_stats)
     stats[action] = stats.get(action, 0) + 1
     new_user = replace(
@@ -110,6 +112,7 @@ def apply_action(policy: Policy, user: UserState, qtable: QTable, action: str, a
         cheat_times=cheats,
         events_applied=user.events_applied + 1,
         last_updated=at,
+        paap=user.paap + penalty,
     )
     new_q = replace(qtable, values=values, updates=qtable.updates + 1)
     return Applied(new_user, new_q, action, points, reward, role_before, role_after, q_before, q_after)

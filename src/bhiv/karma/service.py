@@ -90,14 +90,23 @@ class KarmaService:
             raise NotFound(f"No karma recorded for user '{user_id}'", code="user_not_found")
         qtable = self._store.qtable(self._policy.version) or QTable.new(self._policy)
         merit = self._policy.merit(user.balances)
+        ranked = recommendations(self._policy, qtable, user.role)
         return {
             "user_id": user.user_id,
             "role": user.role,
             "merit_score": _number(round(merit, 6)),
+            "paap_score": _number(round(user.paap, 6)),
+            "net_karma": _number(round(merit, 6)),
+            "weighted_karma_score": _number(round(merit - self._policy.paap_weight * user.paap, 6)),
             "balances": {token: _number(user.balances.get(token, 0.0)) for token in TOKENS},
+            "module_scores": {
+                token: _number(round(user.balances.get(token, 0.0) * weight, 6))
+                for token, weight in self._policy.merit_weights.items()
+            },
             "action_stats": user.action_stats,
+            "corrective_guidance": corrective_guidance(self._policy, user, merit, ranked),
             "events_applied": user.events_applied,
-            "recommended_actions": recommendations(self._policy, qtable, user.role),
+            "recommended_actions": ranked,
             "policy_version": self._policy.version,
             "last_updated": user.last_updated,
         }
@@ -146,6 +155,7 @@ class KarmaService:
         }
 
     def record_direct_event(self, body: Any) -> dict[str, Any]:
+        _check_original_direct_event(body)
         raise_for_errors(schema_errors("karma_direct_event", body))
         data = body["data"]
         problems = []
@@ -166,6 +176,9 @@ class KarmaService:
         if problems:
             raise Unprocessable(problems[0]["message"], field=problems[0]["field"], errors=problems)
         event_data = {"event_type": DIRECT_EVENT_TYPE, **{k: v for k, v in data.items() if v is not None}}
+        for field, kept_as in (("source", "source"), ("timestamp", "sent_at")):
+            if isinstance(body.get(field), str) and kept_as not in event_data:
+                event_data[kept_as] = body[field]
         event = domain.build_event(event_data, KARMA_REQUESTER, None, datetime.now(UTC))
         self._events.append(event)
         self._log.info(
@@ -174,11 +187,21 @@ class KarmaService:
             event_type=DIRECT_EVENT_TYPE,
             user_id=data["user_id"],
         )
+        # The original response shape (senders check for 200), plus the event's id in the log.
         return {
+            "status": "success",
             "success": True,
-            "status": "accepted",
+            "event_type": DIRECT_EVENT_TYPE,
             "event_id": event.event_id,
             "message": "Event recorded in the Bucket; Karma applies it from the stream",
+            "data": {"user_id": data["user_id"], "action": data["action"], "role": data["role"]},
+            "timestamp": event.received_at,
+            "routing_info": {
+                "recorded_in": "bucket",
+                "requester_id": KARMA_REQUESTER,
+                "event_id": event.event_id,
+                "applied_by": "karma stream consumer",
+            },
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -196,6 +219,55 @@ class KarmaService:
             "storage": {"status": "ok"},
             "policy_version": self._policy.version,
         }
+
+
+ORIGINAL_REQUIRED = ("user_id", "action", "role")
+
+
+def _check_original_direct_event(body: Any) -> None:
+    """The original's 400s: a type other than life_event, data without user_id/action/role."""
+    if not isinstance(body, dict):
+        return  # the schema answers 422
+    kind = body.get("type")
+    if isinstance(kind, str) and kind != DIRECT_EVENT_TYPE:
+        raise BadRequest(
+            f"Unknown event type {kind!r}; this service records '{DIRECT_EVENT_TYPE}'",
+            code="unknown_event_type",
+            field="type",
+        )
+    data = body.get("data")
+    if isinstance(data, dict):
+        missing = [name for name in ORIGINAL_REQUIRED if name not in data]
+        if missing:
+            raise BadRequest(
+                f"data needs {', '.join(ORIGINAL_REQUIRED)}; missing: {', '.join(missing)}",
+                code="missing_field",
+                field=f"data.{missing[0]}",
+            )
+
+
+def corrective_guidance(policy: Policy, user: UserState, merit: float, ranked: list[dict[str, Any]]) -> list[str]:
+    """Plain advice that follows from the policy: the price of the next penalty while earlier ones
+    are within their window, and what the next role needs."""
+    guidance: list[str] = []
+    escalating = policy.penalty_escalation()
+    if escalating is not None and user.last_updated:
+        name, esc = escalating
+        now = datetime.fromisoformat(user.last_updated.replace("Z", "+00:00"))
+        recent = [t for t in user.cheat_times if now - esc.window < datetime.fromisoformat(t.replace("Z", "+00:00"))]
+        if recent:
+            cost = esc.amounts[min(len(recent), len(esc.amounts) - 1)]
+            days = esc.window.days
+            guidance.append(
+                f"{len(recent)} '{name}' in the last {days} days: the next one costs {_number(-cost)} {esc.token}"
+            )
+    higher = [(role, threshold) for role, threshold in policy.roles if threshold > merit]
+    if higher:
+        role, threshold = higher[0]
+        best = next((r["action"] for r in ranked if r["action"] != (escalating or ("",))[0]), None)
+        advice = f"{_number(round(threshold - merit, 6))} more merit to reach '{role}'"
+        guidance.append(advice + (f"; the best-valued action for a {user.role} is '{best}'" if best else ""))
+    return guidance
 
 
 def _int_param(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:

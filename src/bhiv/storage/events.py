@@ -254,6 +254,60 @@ class EventStore:
             if scanned >= budget:
                 return EventPage(items, start_key, scanned)
 
+    @storage_errors
+    def count(self, query: EventQuery) -> int:
+        """How many events match `query` (its filters and time window), with Select=COUNT
+        (on the feed: summed over its shards)."""
+        index = next((INDEX_FOR_FILTER[f] for f in INDEX_FOR_FILTER if f in query.filters), "by_time")
+        params = self._query_params(query, index, INDEX_KEY[index])
+        params["Select"] = "COUNT"
+        params.pop("ScanIndexForward", None)
+        if index != "by_time":
+            return self._count_pages(params)
+        return sum(
+            self._count_pages(
+                {**params, "ExpressionAttributeValues": {**params["ExpressionAttributeValues"], ":k": {"S": key}}}
+            )
+            for key in (feed_key(shard) for shard in range(self._shards))
+        )
+
+    @storage_errors
+    def count_after(self, agent_key: str | None, after_ts_id: str | None) -> int:
+        """How many events (about `agent_key`, or all) sort after `after_ts_id` in time.
+
+        Read with Select=COUNT on the by_agent index or the feed's shards: with the aggregates'
+        watermark as `after_ts_id` this reads only the events the stream consumer has not counted yet."""
+        if agent_key:
+            partitions = [("by_agent", "agent_key", agent_key)]
+        else:
+            partitions = [("by_time", "feed", feed_key(shard)) for shard in range(self._shards)]
+        total = 0
+        for index, key_attr, key_value in partitions:
+            params: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": index,
+                "KeyConditionExpression": "#k = :k",
+                "ExpressionAttributeNames": {"#k": key_attr},
+                "ExpressionAttributeValues": {":k": {"S": key_value}},
+                "Select": "COUNT",
+            }
+            if after_ts_id is not None:
+                params["KeyConditionExpression"] += " AND #t > :after"
+                params["ExpressionAttributeNames"]["#t"] = "ts_id"
+                params["ExpressionAttributeValues"][":after"] = {"S": after_ts_id}
+            total += self._count_pages(params)
+        return total
+
+    def _count_pages(self, params: dict[str, Any]) -> int:
+        total = 0
+        params = dict(params)
+        while True:
+            resp = self._client.query(**params)
+            total += int(resp.get("Count", 0))
+            if not resp.get("LastEvaluatedKey"):
+                return total
+            params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     def _query_params(self, query: EventQuery, index: str, key_attr: str) -> dict[str, Any]:
         """The Query of one page on ``index`` (for by_time, ``:k`` is set per shard)."""
         names = {"#k": key_attr}

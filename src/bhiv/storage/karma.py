@@ -63,7 +63,12 @@ def user_to_item(user: UserState) -> dict[str, Any]:
         "role": {"S": user.role},
         "state": {
             "S": json.dumps(
-                {"balances": user.balances, "action_stats": user.action_stats, "cheat_times": list(user.cheat_times)}
+                {
+                    "balances": user.balances,
+                    "action_stats": user.action_stats,
+                    "cheat_times": list(user.cheat_times),
+                    "paap": user.paap,
+                }
             )
         },
         "events_applied": _n(user.events_applied),
@@ -83,6 +88,7 @@ def user_from_item(item: dict[str, Any]) -> UserState:
         events_applied=int(item["events_applied"]["N"]),
         last_updated=item["last_updated"]["S"] or None,
         version=int(item["version"]["N"]),
+        paap=float(state.get("paap", 0.0)),  # absent in states written before it was kept
     )
 
 

@@ -183,6 +183,18 @@ class StatsStore:
         return {"by_event_type": self._partition("event_type"), "by_requester": self._partition("requester")}
 
     @storage_errors
+    def agent_ids(self, limit: int) -> list[str]:
+        """The first `limit` agents with counted events, in id order (one Query page)."""
+        resp = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": "agent"}},
+            ProjectionExpression="sk",
+            Limit=limit,
+        )
+        return [item["sk"]["S"] for item in resp.get("Items", [])]
+
+    @storage_errors
     def agent(self, agent_key: str) -> dict[str, Any] | None:
         item = self._get("agent", agent_key)
         if item is None:
