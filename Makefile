@@ -27,6 +27,11 @@ typecheck: install
 	@for app in functions/*/app.py; do $(BIN)/mypy --no-error-summary $$app || exit 1; done
 
 test: install lint typecheck
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+		echo "!! No Chromium found: the web console's browser tests (tests/browser) are SKIPPED."; \
+		echo "!! Install it with: apt-get install chromium   (.ci/run does this as root)"; \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; }
 	$(BIN)/pytest
 
 # Schemathesis CLI against the three live services of a freshly started stack (auth on)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
@@ -43,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8005,
         help="port of the embedded AWS endpoint (moto server) for the AWS CLI and `bhiv` tools; 0 = off",
+    )
+    up.add_argument(
+        "--console-port",
+        type=int,
+        default=8010,
+        help="port of the read-only web console (loopback only); 0 = off",
+    )
+    up.add_argument(
+        "--log-format",
+        choices=("human", "json"),
+        default="human",
+        help="console output: one short line per request (human) or the services' JSON log lines (json); "
+        "<state-dir>/logs/ always gets JSON",
     )
     up.add_argument(
         "--no-auth", action="store_true", help="accept requests without tokens (loopback only; for legacy clients)"
@@ -147,7 +161,48 @@ def main(argv: list[str] | None = None) -> int:
 # --- up -------------------------------------------------------------------------------------
 
 
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "level": record.levelname,
+            "location": f"{record.module}:{record.lineno}",
+            "message": record.getMessage(),
+            "timestamp": self.formatTime(record, "%Y-%m-%d %H:%M:%S") + f",{int(record.msecs):03d}+0000",
+            "service": "stack",
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _stack_logging(state_dir: Path, log_format: str) -> None:
+    """The stack's own messages (stream pollers, console): JSON into <state-dir>/logs/stack.log, and
+    warnings on the console in the chosen format."""
+    _JsonLines.converter = time.gmtime
+    logger = logging.getLogger("bhiv")
+    logger.setLevel(logging.INFO)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(state_dir / "logs" / "stack.log", encoding="utf-8")
+    to_file.setFormatter(_JsonLines())
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(
+        _JsonLines()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s stack    %(levelname)s %(message)s", "%H:%M:%S")
+    )
+    logger.addHandler(to_file)
+    logger.addHandler(console)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    import os
+
+    from bhiv.local.requestlog import REQUESTS
+
+    os.environ["BHIV_CONSOLE_LOG"] = args.log_format
+    REQUESTS.print_lines = args.log_format == "human"
+    _stack_logging(args.state_dir, args.log_format)
     from bhiv.local.stack import LocalStack, StackConfig
 
     config = StackConfig(
@@ -158,6 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         executor_bucket_url=args.executor_bucket_url,
         durable=not args.ephemeral,
         moto_port=args.moto_port,
+        console_port=args.console_port,
         auth=not args.no_auth,
     )
     stack = LocalStack(config)

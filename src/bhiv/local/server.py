@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,6 +14,8 @@ from urllib.parse import unquote
 from chalice import local as chalice_local
 from chalice.config import Config
 from chalice.local import ChaliceRequestHandler, LocalDevServer
+
+from bhiv.local.requestlog import REQUESTS
 
 _MODULES: dict[Path, ModuleType] = {}
 _LOAD_LOCK = threading.Lock()
@@ -39,7 +42,28 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
     disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # the apps log structured JSON themselves
+        pass  # the apps log structured JSON themselves; requestlog prints the short human line
+
+    def parse_request(self) -> bool:
+        self._started = time.perf_counter()
+        return bool(super().parse_request())
+
+    def _parse_payload(self) -> Any:
+        headers, self._request_body = super()._parse_payload()
+        return headers, self._request_body
+
+    def _send_http_response(self, code: int, headers: Any, body: Any) -> None:
+        super()._send_http_response(code, headers, body)
+        REQUESTS.record(
+            getattr(self.server, "bhiv_name", "app"),
+            self.command,
+            self.path,
+            code,
+            time.perf_counter() - getattr(self, "_started", time.perf_counter()),
+            self.headers.get("User-Agent"),
+            getattr(self, "_request_body", None),
+            body,
+        )
 
     # http.server answers methods it has no do_X for with 501 and an HTML page; API Gateway answers
     # 405 (or 403). Hand every method to Chalice, which answers 405 with an Allow header.
@@ -79,6 +103,7 @@ class AppServer:
         self.name = name
         self._server = LocalDevServer(app, Config(chalice_stage="local"), host, port, handler_cls=NoDelayRequestHandler)
         self._server.server.daemon_threads = True
+        self._server.server.bhiv_name = name  # type: ignore[attr-defined]  # for the request log
         self.port = self._server.server.server_address[1]
         self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.server.serve_forever, name=f"http-{name}", daemon=True)

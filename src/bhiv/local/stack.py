@@ -34,6 +34,7 @@ class StackConfig:
     executor_port: int = 8003
     executor_bucket_url: str | None = None  # where the Executor sends events (default: this stack's Bucket)
     moto_port: int = 8005
+    console_port: int = 0  # the web console (bhiv.console); 0 = off (`bhiv up` defaults to 8010)
     auth: bool = True
     host: str = "127.0.0.1"
     poll_interval_s: float = 0.05
@@ -82,6 +83,7 @@ class LocalStack:
         self._pollers: list[Any] = []
         self._stopped = threading.Event()
         self._redriver: threading.Thread | None = None
+        self._console: Any = None
         self.durable = DurableState(self.state_dir, "us-east-1", enabled=False)
         self.restore_seconds = 0.0
 
@@ -144,6 +146,11 @@ class LocalStack:
 
         self._start_pollers(dynamodb, sqs, queue_urls, tmpl)
         self._start_redriver(tmpl)
+        if self.config.console_port:
+            from bhiv.console.server import start_console
+
+            self._console = start_console(self)
+            self.urls["console"] = self._console.url
         self._write_stack_file()
 
     def _start_redriver(self, tmpl: dict[str, Any]) -> None:
@@ -202,6 +209,8 @@ class LocalStack:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._console is not None:
+            self._console.stop()
         if self._redriver is not None:
             self._redriver.join(timeout=5)
         for app_server in self._servers:
