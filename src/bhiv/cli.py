@@ -16,24 +16,40 @@ from typing import Any
 BANNER_WIDTH = 72
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (but not an empty one, nor off for a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help or ""
+        return str(super()._get_help_string(action))
+
+
+def _sub(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+    return parser
+
+
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(".bhiv"),
-        help="where credentials, checkpoints and logs live (default: .bhiv/)",
+        help="where credentials, checkpoints and logs live",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bhiv", description="BHIV event pipeline: local stack and tools")
+    parser = argparse.ArgumentParser(
+        prog="bhiv", description="BHIV event pipeline: local stack and tools", formatter_class=_HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start the local stack in the foreground (Ctrl-C stops it)")
+    up = _sub(sub, "up", help="start the local stack in the foreground (Ctrl-C stops it)")
     _state_dir_arg(up)
-    up.add_argument("--bucket-port", type=int, default=8001)
-    up.add_argument("--karma-port", type=int, default=8000)
-    up.add_argument("--executor-port", type=int, default=8003)
+    up.add_argument("--bucket-port", type=int, default=8001, help="the Bucket's HTTP port")
+    up.add_argument("--karma-port", type=int, default=8000, help="Karma's HTTP port")
+    up.add_argument("--executor-port", type=int, default=8003, help="the Workflow Executor's HTTP port")
     up.add_argument(
         "--executor-bucket-url",
         default=None,
@@ -66,18 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 
-    dlq = sub.add_parser("dlq", help="records that exhausted their stream retries")
+    dlq = _sub(sub, "dlq", help="records that exhausted their stream retries")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    for name, text in (("list", "show the dead-lettered records"), ("redrive", "re-deliver them to their handler")):
-        cmd = dlq_sub.add_parser(name, help=text)
+    for name, text in (
+        ("list", "one line per dead-lettered message: when, reason, attempts, events"),
+        ("redrive", "re-deliver them to their handler"),
+    ):
+        cmd = _sub(dlq_sub, name, help=text)
         _state_dir_arg(cmd)
+        if name == "list":
+            cmd.add_argument("--json", action="store_true", help="every message in full, one JSON object per line")
 
-    karma = sub.add_parser("karma", help="Karma's state")
+    karma = _sub(sub, "karma", help="Karma's state")
     karma_sub = karma.add_subparsers(dest="karma_command", required=True)
-    show = karma_sub.add_parser("show", help="a user's karma and the Q-table as a grid")
+    show = _sub(karma_sub, "show", help="a user's karma and the Q-table as a grid")
     _state_dir_arg(show)
-    show.add_argument("user_id")
-    rebuild = karma_sub.add_parser("rebuild", help="recompute users and the Q-table from the Bucket's event log")
+    show.add_argument("user_id", help="the user to show")
+    rebuild = _sub(karma_sub, "rebuild", help="recompute users and the Q-table from the Bucket's event log")
     _state_dir_arg(rebuild)
     rebuild.add_argument(
         "--write",
@@ -85,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the live state with the rebuilt one (stop writers first); default: compare",
     )
 
-    diag = sub.add_parser("diagnose", help="follow a fresh workflow through executor, bucket, stream and karma")
+    diag = _sub(sub, "diagnose", help="follow a fresh workflow through executor, bucket, stream and karma")
     _state_dir_arg(diag)
     diag.add_argument("--executor-url", help="default: the local stack's (from <state-dir>/stack.json)")
-    diag.add_argument("--bucket-url")
-    diag.add_argument("--karma-url")
+    diag.add_argument("--bucket-url", help="default: the local stack's")
+    diag.add_argument("--karma-url", help="default: the local stack's")
     diag.add_argument(
         "--token",
         help="a token with workflows:execute, events:read, karma:read "
@@ -97,42 +118,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diag.add_argument("--timeout", type=float, default=10.0, help="seconds to wait at each hop")
 
-    outbox = sub.add_parser("outbox", help="workflow events waiting for delivery to the Bucket")
+    outbox = _sub(sub, "outbox", help="workflow events waiting for delivery to the Bucket")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
     for name, text in (("list", "show queued events"), ("redrive", "deliver them now")):
-        _state_dir_arg(outbox_sub.add_parser(name, help=text))
+        _state_dir_arg(_sub(outbox_sub, name, help=text))
 
-    logs = sub.add_parser("logs", help="every log line of one trace across the services, in time order")
+    logs = _sub(sub, "logs", help="every log line of one trace across the services, in time order")
     _state_dir_arg(logs)
-    logs.add_argument("trace_id")
+    logs.add_argument("trace_id", help="the trace id (or an event id) to look for")
 
-    events = sub.add_parser("events", help="the Bucket's events")
+    events = _sub(sub, "events", help="the Bucket's events")
     events_sub = events.add_subparsers(dest="events_command", required=True)
-    tail = events_sub.add_parser("tail", help="follow new events as they arrive (Ctrl-C stops)")
+    tail = _sub(events_sub, "tail", help="follow new events as they arrive (Ctrl-C stops)")
     _state_dir_arg(tail)
     for name in ("event_type", "requester_id", "trace_id", "user_id"):
-        tail.add_argument(f"--{name.replace('_', '-')}", dest=name)
+        tail.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"only events with this {name}")
     tail.add_argument("--last", type=int, default=10, help="show the last N events first")
-    tail.add_argument("--interval", type=float, default=0.5)
+    tail.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    status = sub.add_parser("status", help="per service: up or down, events, outbox, DLQ, stream lag")
+    status = _sub(sub, "status", help="per service: up or down, events, outbox, DLQ, stream lag")
     _state_dir_arg(status)
 
-    reset = sub.add_parser("reset", help="empty the state directory (events, karma, outbox, tokens)")
+    reset = _sub(sub, "reset", help="empty the state directory (events, karma, outbox, tokens)")
     _state_dir_arg(reset)
     reset.add_argument("--yes", action="store_true", help="do not ask")
 
-    token = sub.add_parser("token", help="print a requester's local token")
+    token = _sub(sub, "token", help="print a requester's local token")
     _state_dir_arg(token)
-    token.add_argument("requester_id", nargs="?", default="bhiv_core")
+    token.add_argument("requester_id", nargs="?", default="bhiv_core", help="whose token to print")
     return parser
+
+
+def _quiet_tool_logs(state_dir: Path) -> None:
+    """A tool's output is its answer: log lines of the code it runs in-process (a redrive, the
+    outbox) go to <state-dir>/logs/ only, never to the terminal."""
+    import os
+
+    os.environ["BHIV_CONSOLE_LOG"] = "off"
+    if state_dir.is_dir():
+        os.environ["BHIV_LOG_DIR"] = str(state_dir / "logs")
+    logging.getLogger("bhiv").addHandler(logging.NullHandler())
+    logging.getLogger("bhiv").propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "up":
         return cmd_up(args)
+    _quiet_tool_logs(args.state_dir)
     if args.command == "dlq":
         return cmd_dlq(args)
     if args.command == "token":
@@ -387,9 +421,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         queue_url = sqs.get_queue_url(QueueName=mapping.on_failure_queue)["QueueUrl"]
         if args.dlq_command == "list":
             messages = dlq_messages(sqs, queue_url)
+            if args.json:
+                for message in messages:
+                    print(json.dumps({"queue": mapping.on_failure_queue, **message}))
+                continue
             print(f"{mapping.on_failure_queue} ({mapping.function}): {len(messages)} message(s)")
-            for message in messages:
-                print(json.dumps(message, indent=2))
+            for line in dlq_lines(messages, args.state_dir):
+                print(f"  {line}")
         else:
             os.environ.update(template.function_environment(mapping.function, tmpl))
             handler = server.resolve_handler(mapping.code_uri, mapping.handler)
@@ -397,6 +435,28 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"{mapping.on_failure_queue}: redriven {redriven}, still failing {failing}")
             failures += failing
     return 1 if failures else 0
+
+
+def dlq_lines(messages: list[dict[str, Any]], state_dir: Path) -> list[str]:
+    """One line per on-failure message: when, the reason, attempts, and its events."""
+    from bhiv.console.data import rejection_reasons, summarize_dlq_message
+
+    summaries = [summarize_dlq_message(m) for m in messages]
+    reasons = rejection_reasons(
+        state_dir, [str(e["event_id"]) for s in summaries for e in s["events"] if e["event_id"]]
+    )
+    lines = []
+    for summary in sorted(summaries, key=lambda s: str(s["sent_at"] or "")):
+        events = summary["events"]
+        reason = next((reasons[e["event_id"]] for e in events if e["event_id"] in reasons), summary["reason"])
+        shown = ", ".join(f"{e['event_id']} ({e['event_type']}, trace {e['trace_id']})" for e in events[:3])
+        if len(events) > 3:
+            shown += f" and {len(events) - 3} more"
+        lines.append(
+            f"{summary['sent_at']}  {summary['message_id']}  attempts {summary['attempts']}  "
+            f"reason: {reason}  events: {shown or 'records omitted (too large)'}"
+        )
+    return lines
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:

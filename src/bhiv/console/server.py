@@ -139,6 +139,7 @@ class ConsoleHTTPServer(ThreadingHTTPServer):
         self._changed = threading.Condition()
         self._snapshot: dict[str, Any] = {}
         self._version = 0
+        self._taken_at = 0.0
         self._last_request = 0.0
 
     def touch(self) -> None:
@@ -146,14 +147,14 @@ class ConsoleHTTPServer(ThreadingHTTPServer):
 
     def snapshot(self) -> dict[str, Any]:
         with self._changed:
-            if self._version:
+            if self._version and time.monotonic() - self._taken_at < LIVE_INTERVAL_S * 1.5:
                 return self._snapshot
         return self.refresh()
 
     def refresh(self) -> dict[str, Any]:
         snapshot = self.data.pipeline()
         with self._changed:
-            self._snapshot, self._version = snapshot, self._version + 1
+            self._snapshot, self._version, self._taken_at = snapshot, self._version + 1, time.monotonic()
             self._changed.notify_all()
         return snapshot
 

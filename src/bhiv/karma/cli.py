@@ -41,6 +41,11 @@ def _get(url: str, token: str | None) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def _num(value: float) -> str:
+    """A balance or score for people: at most two decimals, no float noise (12.000000000000002 → 12)."""
+    return f"{round(float(value), 2):g}"
+
+
 def render_grid(qtable: dict[str, Any], highlight_state: str | None, colour: bool) -> str:
     actions: list[str] = qtable["actions"]
     width = max(len(a) for a in actions)
@@ -71,16 +76,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     status, user = _get(f"{base}/api/v1/karma/{args.user_id}", token)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     if status == 404:
-        print(f"No karma recorded for user '{args.user_id}'.")
-    elif status != 200:
+        print(f"bhiv: no karma recorded for user '{args.user_id}'", file=sys.stderr)
+        return 1
+    if status != 200:
         print(f"bhiv: Karma answered {status}: {user}", file=sys.stderr)
         return 1
-    else:
-        print(_colour(f"user {user['user_id']}", BOLD, colour) + f"  role {user['role']}  merit {user['merit_score']}")
-        print("balances: " + ", ".join(f"{k} {v}" for k, v in user["balances"].items()))
-        print("actions:  " + (", ".join(f"{k} x{v}" for k, v in user["action_stats"].items()) or "none"))
-        best = user["recommended_actions"][0]
-        print(f"next:     {best['action']} (Q {best['q_value']:.3f})   last updated {user['last_updated']}")
+    print(
+        _colour(f"user {user['user_id']}", BOLD, colour) + f"  role {user['role']}  merit {_num(user['merit_score'])}"
+    )
+    print("balances: " + ", ".join(f"{k} {_num(v)}" for k, v in user["balances"].items()))
+    print("actions:  " + (", ".join(f"{k} x{v}" for k, v in user["action_stats"].items()) or "none"))
+    best = user["recommended_actions"][0]
+    print(f"next:     {best['action']} (Q {best['q_value']:.3f})   last updated {user['last_updated']}")
     status, qtable = _get(f"{base}/api/v1/q-table", token)
     if status != 200:
         print(f"bhiv: Karma answered {status} for the Q-table", file=sys.stderr)
@@ -89,7 +96,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"\nQ-table (policy {qtable['policy_version']}, {qtable['updates']} updates, alpha {qtable['alpha']}, "
         f"gamma {qtable['gamma']}):"
     )
-    print(render_grid(qtable, user.get("role") if status == 200 and isinstance(user, dict) else None, colour))
+    print(render_grid(qtable, user.get("role"), colour))
     return 0
 
 
