@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 
-
 # libyaml's loader parses template.yaml in ~25 ms instead of ~700 ms: every `bhiv` command reads it.
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
