@@ -270,6 +270,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print("  state      in memory only (--ephemeral): everything is gone at stop")
     print(f"  tokens     {stack.credentials_path}  (Authorization: Bearer <token>)")
+    print(f"  logs       {stack.state_dir / 'logs'}  (JSON lines; `bhiv logs <trace_id>`)")
+    if "console" in stack.urls:
+        print(f"  open       {stack.urls['console']}  in a browser: the live console")
     if not config.auth:
         print("!" * BANNER_WIDTH)
         print("!! WARNING: --no-auth: every request is accepted without a token.")
@@ -288,11 +291,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     code = 0
     try:
         if args.demo:
+            REQUESTS.paused = True  # the demo tells its own story; request lines resume after it
             code = run_demo(stack.urls, stack.credentials_path)
             if code == 0:
                 from bhiv import diagnose
 
-                print("[demo] 5. bhiv diagnose: a fresh workflow through every hop\n", flush=True)
+                print("[demo] 5. bhiv diagnose: a fresh workflow through every hop", flush=True)
                 token = json.loads(stack.credentials_path.read_text(encoding="utf-8"))["bhiv_core"]
                 code = diagnose.main(
                     diagnose.Targets(
@@ -300,9 +304,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                         stack.urls["bucket"],
                         stack.urls["karma"],
                         token if config.auth else None,
-                    )
+                    ),
+                    details=False,
                 )
-                print("\nThe stack keeps running; press Ctrl-C to stop.", flush=True)
+            REQUESTS.paused = False
+            if "console" in stack.urls:
+                print(f"\nSee it in the console: {stack.urls['console']}  (Events, Trace, Karma)")
+            print("The stack keeps running; requests are shown one line each below. Ctrl-C stops it.", flush=True)
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -344,23 +352,22 @@ def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
         "execution_result": {"task": "created"},
         "duration_ms": 12,
     }
-    print(f"\n[demo] 1. POST {bucket}/core/write-event  (trace_id={trace_id})")
     status, body = _request(
         "POST",
         f"{bucket}/core/write-event",
         tokens["workflow_executor"],
         {"requester_id": "workflow_executor", "event_data": event},
     )
-    print(f"[demo]    -> {status} {json.dumps(body)}")
-    if status != 201:
-        print("[demo] FAILED at the Bucket: the event was not stored", file=sys.stderr)
+    if status not in (200, 201) or not (isinstance(body, dict) and body.get("success")):
+        print(f"[demo] FAILED at the Bucket: the event was not stored ({status} {json.dumps(body)})", file=sys.stderr)
         return 1
+    print(f"[demo] 1. wrote a workflow_execution event as workflow_executor: {body['event_id']} (trace {trace_id})")
     status, page = _request("GET", f"{bucket}/core/events?trace_id={trace_id}", tokens["bhiv_reader"])
-    print(f"[demo] 2. GET /core/events?trace_id={trace_id} -> {status}, {page.get('count')} event(s):")
-    print(json.dumps(page.get("events", [None])[0], indent=2))
-    if status != 200 or page.get("count") != 1:
-        print("[demo] FAILED: the event could not be read back", file=sys.stderr)
+    found = page.get("events", []) if status == 200 and isinstance(page, dict) else []
+    if len(found) != 1:
+        print(f"[demo] FAILED: the event could not be read back ({status})", file=sys.stderr)
         return 1
+    print(f"[demo] 2. read it back by its trace id: 1 event, received at {found[0].get('received_at')}")
     started = time.monotonic()
     deadline = started + 5
     status, user = _request("GET", f"{karma}/api/v1/karma/{user_id}", tokens["bhiv_reader"])
@@ -371,18 +378,18 @@ def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
         print(f"[demo] FAILED at the stream: Karma has no state for {user_id} after 5 s", file=sys.stderr)
         return 1
     waited = (time.monotonic() - started) * 1000
-    print(f"[demo] 3. GET {karma}/api/v1/karma/{user_id} -> 200 after {waited:.0f} ms (delivered by the stream):")
+    balances = ", ".join(f"{k} {round(float(v), 2):g}" for k, v in user["balances"].items())
     print(
-        f"[demo]    role {user['role']}, balances {user['balances']}, "
-        f"workflow_success x{user['action_stats'].get('workflow_success', 0)}"
+        f"[demo] 3. Karma applied it from the stream after {waited:.0f} ms: {user_id} is a {user['role']} "
+        f"with {balances}"
     )
     received = 0
     while time.monotonic() < deadline and received < 1:
         _, stats = _request("GET", f"{bucket}/core/stats", tokens["bhiv_core"])
-        received = stats["stats"]["events_received"]
+        received = ((stats or {}).get("stats") or {}).get("events_received") or 0
         time.sleep(0.05)
-    print(f"[demo] 4. GET /core/stats -> events_received={received} (aggregated from the stream)")
-    print("[demo] OK: stored once, read back by trace id, applied by Karma from the stream.\n", flush=True)
+    print(f"[demo] 4. the Bucket's stats, aggregated from the stream: {received} event(s) received")
+    print("[demo] OK: stored once, read back by trace id, applied by Karma from the stream.", flush=True)
     return 0
 
 

@@ -131,6 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
 class ConsoleHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 64
 
     def __init__(self, data: ConsoleData, host: str, port: int) -> None:
         super().__init__((host, port), _Handler)
