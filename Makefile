@@ -6,11 +6,15 @@ UV_VERSION := 0.13.9
 
 .PHONY: install run test lint typecheck unit contract bench package clean
 
+# Progress is shown (uv prints what it resolves, downloads and installs): a cold install takes minutes.
 $(BIN)/.installed: pyproject.toml uv.lock
+	@echo "Installing the project and its dependencies into $(VENV) (a first install downloads ~100 MB and takes a few minutes)..."
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	@if command -v uv >/dev/null 2>&1; then uv sync --frozen --quiet; else $(PYTHON) -m uv sync --frozen --quiet; fi
+		{ echo "  installing uv $(UV_VERSION) with pip..."; \
+		  $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; }
+	@if command -v uv >/dev/null 2>&1; then uv sync --frozen; else $(PYTHON) -m uv sync --frozen; fi
 	@touch $@
+	@echo "Installed: $(BIN)/bhiv"
 
 install: $(BIN)/.installed
 

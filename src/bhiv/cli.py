@@ -251,6 +251,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         auth=not args.no_auth,
     )
     stack = LocalStack(config)
+    print(f"Starting the local stack in {args.state_dir} ...", flush=True)
+    from bhiv.local import durability
+
+    last_shown = [time.monotonic()]
+
+    def _restore_progress(stage: str, count: int) -> None:
+        if time.monotonic() - last_shown[0] >= 1.0:
+            last_shown[0] = time.monotonic()
+            print(f"  restoring state: {count:,} {stage} ...", flush=True)
+
+    durability.progress_hook = _restore_progress
     try:
         stack.start()
     except OSError as exc:

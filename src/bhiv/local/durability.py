@@ -27,7 +27,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,16 @@ SQS_CHANGES = frozenset({"SendMessage", "SendMessageBatch", "DeleteMessage", "De
 ACCOUNT = "123456789012"
 
 WRITE_LOCK = threading.RLock()
+
+# Start-up progress: called as (stage, items so far) every PROGRESS_EVERY items restored; `bhiv up`
+# prints it, so a large snapshot or journal does not look like a hang.
+PROGRESS_EVERY = 5000
+progress_hook: Callable[[str, int], None] | None = None
+
+
+def _progress(stage: str, count: int) -> None:
+    if progress_hook is not None and count % PROGRESS_EVERY == 0:
+        progress_hook(stage, count)
 
 
 def _atomic_write(path: Path, data: str) -> None:
@@ -86,6 +96,7 @@ class DurableState:
                     continue  # written before the snapshot it is older than
                 dynamodb._make_api_call(record["a"], json.loads(record["b"]))
                 self.replayed += 1
+                _progress("journal writes replayed", self.replayed)
         finally:
             self._replaying = False
         if self.queues_path.exists():
@@ -116,6 +127,7 @@ class DurableState:
                 for attrs in items:
                     table.put_item(attrs)
                     count += 1
+                    _progress("snapshot items loaded", count)
             finally:
                 table.stream_shard = shard
         return count
