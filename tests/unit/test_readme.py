@@ -16,7 +16,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def _up_options() -> set[str]:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    up = sub.choices["up"]  # type: ignore[attr-defined]
+    up = sub.choices["up"]  # type: ignore[index]
     return {opt for action in up._actions for opt in action.option_strings if opt.startswith("--") and opt != "--help"}
 
 
