@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--ephemeral", action="store_true", help="keep state in memory only (no journal): everything is gone at stop"
     )
+    up.add_argument(
+        "--compact-every",
+        type=int,
+        default=5000,
+        help="fold the journal into the snapshot every N writes while running (bounds restart time; default 5000)",
+    )
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 
     dlq = _sub(sub, "dlq", help="records that exhausted their stream retries")
@@ -195,40 +201,6 @@ def main(argv: list[str] | None = None) -> int:
 # --- up -------------------------------------------------------------------------------------
 
 
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "level": record.levelname,
-            "location": f"{record.module}:{record.lineno}",
-            "message": record.getMessage(),
-            "timestamp": self.formatTime(record, "%Y-%m-%d %H:%M:%S") + f",{int(record.msecs):03d}+0000",
-            "service": "stack",
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-def _stack_logging(state_dir: Path, log_format: str) -> None:
-    """The stack's own messages (stream pollers, console): JSON into <state-dir>/logs/stack.log, and
-    warnings on the console in the chosen format."""
-    _JsonLines.converter = time.gmtime
-    logger = logging.getLogger("bhiv")
-    logger.setLevel(logging.INFO)
-    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(state_dir / "logs" / "stack.log", encoding="utf-8")
-    to_file.setFormatter(_JsonLines())
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING)
-    console.setFormatter(
-        _JsonLines()
-        if log_format == "json"
-        else logging.Formatter("%(asctime)s stack    %(levelname)s %(message)s", "%H:%M:%S")
-    )
-    logger.addHandler(to_file)
-    logger.addHandler(console)
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     import os
 
@@ -236,8 +208,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     os.environ["BHIV_CONSOLE_LOG"] = args.log_format
     REQUESTS.print_lines = args.log_format == "human"
-    _stack_logging(args.state_dir, args.log_format)
     from bhiv.local.stack import LocalStack, StackConfig
+    from bhiv.local.statelock import StateDirInUse
 
     config = StackConfig(
         state_dir=args.state_dir,
@@ -249,21 +221,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         moto_port=args.moto_port,
         console_port=args.console_port,
         auth=not args.no_auth,
+        compact_every=max(1, args.compact_every),
     )
     stack = LocalStack(config)
     print(f"Starting the local stack in {args.state_dir} ...", flush=True)
     from bhiv.local import durability
 
-    last_shown = [time.monotonic()]
-
-    def _restore_progress(stage: str, count: int) -> None:
-        if time.monotonic() - last_shown[0] >= 1.0:
-            last_shown[0] = time.monotonic()
-            print(f"  restoring state: {count:,} {stage} ...", flush=True)
-
-    durability.progress_hook = _restore_progress
+    durability.progress_hook = lambda message: print(f"  restoring state: {message} ...", flush=True)
     try:
         stack.start()
+    except StateDirInUse as exc:
+        print(f"bhiv up: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"bhiv up: cannot start: {exc} (is another stack running on these ports?)", file=sys.stderr)
         stack.stop()
@@ -535,12 +504,13 @@ def cmd_reset(args: argparse.Namespace) -> int:
     import shutil
 
     from bhiv.local.stack import read_stack_file
+    from bhiv.local.statelock import holder
 
     state_dir: Path = args.state_dir
     if not state_dir.exists():
         print(f"{state_dir} does not exist; nothing to reset")
         return 0
-    if read_stack_file(state_dir):
+    if read_stack_file(state_dir) or holder(state_dir):
         print(f"bhiv: a stack is running on {state_dir}; stop it first (Ctrl-C)", file=sys.stderr)
         return 1
     if not args.yes:

@@ -65,3 +65,30 @@ def get_logger(service: str) -> Logger:
         file_handler.setFormatter(logger.registered_formatter)
         logger.addHandler(file_handler)
     return logger
+
+
+def attach_stack_logging(log_dir: str) -> None:
+    """JSON lines for the local runtime's own loggers (`bhiv.local.*`: journal, compaction, stream
+    mappings; `bhiv.console`) in <log_dir>/stack.log, like the services' logs; on the console as
+    BHIV_CONSOLE_LOG says (human: warnings as short lines; json: every line; off: nothing)."""
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    runtime = logging.getLogger("bhiv")
+    if getattr(runtime, "_bhiv_attached", False):
+        return
+    os.makedirs(log_dir, exist_ok=True)
+    formatter = LambdaPowertoolsFormatter(service="stack")
+    handlers: list[logging.Handler] = [logging.FileHandler(os.path.join(log_dir, "stack.log"), encoding="utf-8")]
+    mode = console_mode()
+    if mode == "json":
+        handlers.append(logging.StreamHandler())
+    elif mode == "human":
+        human = HumanConsoleHandler(sys.stderr)
+        human.setLevel(logging.WARNING)
+        handlers.append(human)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        runtime.addHandler(handler)
+    runtime.setLevel(logging.INFO)
+    runtime.propagate = False
+    runtime._bhiv_attached = True  # type: ignore[attr-defined]
