@@ -394,8 +394,11 @@ def _remote_clients(state_dir: Path) -> tuple[Any, Any]:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    if args.dlq_command == "list" and not args.json and _dlq_list_from_console(args.state_dir):
+        return 0
     import os
 
+    from bhiv.console.data import rejection_reasons, summarize_dlq_message
     from bhiv.local import server, template
     from bhiv.local.streams import dlq_messages, dlq_redrive
 
@@ -412,9 +415,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 for message in messages:
                     print(json.dumps({"queue": mapping.on_failure_queue, **message}))
                 continue
-            print(f"{mapping.on_failure_queue} ({mapping.function}): {len(messages)} message(s)")
-            for line in dlq_lines(messages, args.state_dir):
-                print(f"  {line}")
+            summaries = [summarize_dlq_message(m) for m in messages]
+            reasons = rejection_reasons(
+                args.state_dir, [str(e["event_id"]) for m in summaries for e in m["events"] if e["event_id"]]
+            )
+            for summary in summaries:
+                summary["reason"] = next(
+                    (reasons[e["event_id"]] for e in summary["events"] if e["event_id"] in reasons), summary["reason"]
+                )
+            _print_dlq(mapping.on_failure_queue, mapping.function, summaries)
         else:
             os.environ.update(template.function_environment(mapping.function, tmpl))
             handler = server.resolve_handler(mapping.code_uri, mapping.handler)
@@ -424,24 +433,43 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def dlq_lines(messages: list[dict[str, Any]], state_dir: Path) -> list[str]:
-    """One line per on-failure message: when, the reason, attempts, and its events."""
-    from bhiv.console.data import rejection_reasons, summarize_dlq_message
+def _dlq_list_from_console(state_dir: Path) -> bool:
+    """The running stack's console has the dead letters summarised already (no boto3 to import)."""
+    from bhiv import tools
 
-    summaries = [summarize_dlq_message(m) for m in messages]
-    reasons = rejection_reasons(
-        state_dir, [str(e["event_id"]) for s in summaries for e in s["events"] if e["event_id"]]
-    )
+    info = tools.running_stack(state_dir)
+    console = (info or {}).get("urls", {}).get("console")
+    if not console:
+        return False
+    status, pipeline = tools._get(f"{console}/api/pipeline", None, timeout=30)
+    status2, stuck = tools._get(f"{console}/api/stuck", None, timeout=30)
+    if status != 200 or status2 != 200:
+        return False
+    for mapping in pipeline["mappings"]:
+        if mapping.get("dlq"):
+            entries = [m for m in stuck["dlq"] if m.get("queue") == mapping["dlq"]]
+            _print_dlq(mapping["dlq"], mapping["function"], entries)
+    return True
+
+
+def _print_dlq(queue: str, function: str, summaries: list[dict[str, Any]]) -> None:
+    print(f"{queue} ({function}): {len(summaries)} message(s)")
+    for line in dlq_lines(summaries):
+        print(f"  {line}")
+
+
+def dlq_lines(summaries: list[dict[str, Any]]) -> list[str]:
+    """One line per on-failure message (see bhiv.console.data.summarize_dlq_message): when, the
+    reason, attempts, and its events."""
     lines = []
-    for summary in sorted(summaries, key=lambda s: str(s["sent_at"] or "")):
+    for summary in sorted(summaries, key=lambda s: str(s.get("sent_at") or "")):
         events = summary["events"]
-        reason = next((reasons[e["event_id"]] for e in events if e["event_id"] in reasons), summary["reason"])
         shown = ", ".join(f"{e['event_id']} ({e['event_type']}, trace {e['trace_id']})" for e in events[:3])
         if len(events) > 3:
             shown += f" and {len(events) - 3} more"
         lines.append(
             f"{summary['sent_at']}  {summary['message_id']}  attempts {summary['attempts']}  "
-            f"reason: {reason}  events: {shown or 'records omitted (too large)'}"
+            f"reason: {summary['reason']}  events: {shown or 'records omitted (too large)'}"
         )
     return lines
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.stack import ROOT, RunningStack, poll_until, start_stack
+from tests.e2e.stack import ROOT, RunningStack, poll_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -40,11 +40,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = start_stack(tmp_path_factory.mktemp("console") / "state")
-    yield running
-    running.stop()
+@pytest.fixture
+def stack(demo_stack: RunningStack) -> RunningStack:
+    return demo_stack  # tests/conftest.py: one `bhiv up --demo` for this module and its sibling
 
 
 @pytest.fixture(scope="module")

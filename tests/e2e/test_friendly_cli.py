@@ -6,23 +6,19 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.stack import BHIV, RunningStack, poll_until, start_stack
+from tests.e2e.stack import BHIV, RunningStack, poll_until
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = start_stack(tmp_path_factory.mktemp("friendly") / "state", "--demo")
-    poll_until(running.output, lambda text: "The stack keeps running" in text or "FAILED" in text, timeout=60)
-    yield running
-    running.stop()
+@pytest.fixture
+def stack(demo_stack: RunningStack) -> RunningStack:
+    return demo_stack  # tests/conftest.py: one `bhiv up --demo` for this module and its sibling
 
 
 def _bhiv(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
