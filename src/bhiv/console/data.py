@@ -118,6 +118,15 @@ def rejection_reasons(state_dir: Path, event_ids: list[str]) -> dict[str, str]:
     return reasons
 
 
+def _applied_detail(entry: dict[str, Any]) -> str:
+    text = f"{entry.get('action')}: reward {entry.get('reward')}"
+    if "role_before" in entry:
+        text += f", role {entry['role_before']} → {entry.get('role_after')}"
+    if "q_before" in entry:
+        text += f", Q {round(float(entry['q_before']), 3)} → {round(float(entry.get('q_after', 0)), 3)}"
+    return text
+
+
 @dataclass
 class _Sample:
     at: float
@@ -292,8 +301,7 @@ class ConsoleData:
         events: list[dict[str, Any]] = (page or {}).get("events") or [] if status == 200 else []
         events = sorted(events, key=lambda e: str(e.get("received_at", "")))
         logs = trace_log_lines(self._stack.state_dir, [trace_id, *(str(e.get("event_id")) for e in events)])
-        stuck = [m for m in self.dlq() if any(e.get("trace_id") == trace_id for e in m["events"])]
-        hops = self._hops(trace_id, execution, events, stuck, logs)
+        hops = self._hops(trace_id, execution, events, logs)
         return {
             "trace_id": trace_id,
             "hops": hops,
@@ -317,7 +325,6 @@ class ConsoleData:
         trace_id: str,
         execution: dict[str, Any] | None,
         events: list[dict[str, Any]],
-        stuck: list[dict[str, Any]],
         logs: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         def lines(*services: str, words: tuple[str, ...] = (), without: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -398,11 +405,19 @@ class ConsoleData:
                 "logs": lines("bucket"),
             }
         )
-        dead = next((m for m in stuck if any(e.get("event_id") == event.get("event_id") for e in m["events"])), None)
         entry = self._karma_entry(event)
         karma_logs = lines("karma")
         applied_logs = [line for line in karma_logs if "applied" in str(line.get("message"))]
         applied_at = applied_logs[0]["at"] if applied_logs else (entry or {}).get("applied_at")
+        if entry is None and applied_logs:  # older than the history page we read: the log says it
+            entry = {"action": applied_logs[0]["fields"].get("action", "applied"), **applied_logs[0]["fields"]}
+        # Only an event Karma has not applied is looked for in the on-failure queues (reading them
+        # hides their messages for a moment).
+        dead = None
+        if entry is None and event.get("user_id"):
+            dead = next(
+                (m for m in self.dlq() if any(e.get("event_id") == event.get("event_id") for e in m["events"])), None
+            )
         if dead is not None:
             hops.append(
                 {
@@ -440,9 +455,7 @@ class ConsoleData:
                     "state": "ok",
                     "start": applied_at,
                     "end": applied_at,
-                    "detail": f"{entry.get('action')}: reward {entry.get('reward')}, role {entry.get('role_before')} → "
-                    f"{entry.get('role_after')}, Q {round(float(entry.get('q_before', 0)), 3)} → "
-                    f"{round(float(entry.get('q_after', 0)), 3)}",
+                    "detail": _applied_detail(entry),
                     "logs": karma_logs,
                 }
             )
