@@ -496,6 +496,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    if args.outbox_command == "list":
+        from bhiv import tools
+
+        info = tools.running_stack(args.state_dir)
+        console = (info or {}).get("urls", {}).get("console")
+        status, stuck = tools._get(f"{console}/api/stuck", None, timeout=30) if console else (0, None)
+        if status == 200 and isinstance(
+            stuck, dict
+        ):  # the running stack's own view: no boto3, no Executor to import here
+            _print_outbox(stuck["outbox"])
+            return 0
     import os
 
     from bhiv.local import template
@@ -509,14 +520,17 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
     service = runtime.service()
     if args.outbox_command == "list":
-        items = service.outbox()
-        print(f"{len(items)} event(s) waiting for delivery")
-        for item in items:
-            print(json.dumps(item))
+        _print_outbox(service.outbox())
         return 0
     counts = service.redrive(due_only=False, limit=1000)
     print(f"delivered {counts['delivered']}, rejected {counts['rejected']}, still queued {counts['queued']}")
     return 1 if counts["queued"] else 0
+
+
+def _print_outbox(items: list[dict[str, Any]]) -> None:
+    print(f"{len(items)} event(s) waiting for delivery")
+    for item in items:
+        print(json.dumps(item))
 
 
 def read_stack_file_or_exit(state_dir: Path) -> dict[str, Any]:

@@ -133,3 +133,10 @@ def test_help_shows_defaults(args: list[str], shown: str) -> None:
         [str(BHIV), *args, "--help"], capture_output=True, text=True, timeout=30, check=True, env=dict(os.environ)
     )
     assert shown in " ".join(result.stdout.split())
+
+
+def test_outbox_list_answers_from_the_running_stack(stack: RunningStack) -> None:
+    result = _bhiv("outbox", "list", state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("0 event(s) waiting for delivery")
+    assert _json_lines(result.stdout + result.stderr) == []

@@ -8,11 +8,10 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-from bhiv.karma.policy import default_policy
 
 RESET, BOLD, GREEN, RED, DIM = "\033[0m", "\033[1m", "\033[32m", "\033[31m", "\033[2m"
 
@@ -22,9 +21,9 @@ def _colour(text: str, code: str, enabled: bool) -> str:
 
 
 def _stack(state_dir: Path) -> dict[str, Any]:
-    from bhiv.local.stack import read_stack_file
+    from bhiv.tools import running_stack  # not bhiv.local.stack: that imports boto3 (a second)
 
-    info = read_stack_file(state_dir)
+    info = running_stack(state_dir)
     if not info:
         raise SystemExit(f"bhiv: no running stack found in {state_dir} (start `bhiv up`)")
     return info
@@ -73,7 +72,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     tokens = json.loads(Path(info["credentials"]).read_text(encoding="utf-8"))
     token = tokens.get("bhiv_reader") if info.get("auth", True) else None
     base = info["urls"]["karma"]
-    status, user = _get(f"{base}/api/v1/karma/{args.user_id}", token)
+    status, user = _get(f"{base}/api/v1/karma/{urllib.parse.quote(args.user_id, safe='')}", token)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     if status == 404:
         print(f"bhiv: no karma recorded for user '{args.user_id}'", file=sys.stderr)
@@ -104,6 +103,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     import boto3
 
     from bhiv.karma.consumer import StoredEvent
+    from bhiv.karma.policy import default_policy
     from bhiv.karma.rebuild import application_order, replay
     from bhiv.local.stack import _aws_env
     from bhiv.storage.events import EventQuery, EventStore
