@@ -89,7 +89,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
         )
         if v
     }
-    _, latest = _get(f"{base}/core/events?" + urllib.parse.urlencode({**filters, "limit": args.last}), token)
+    _, latest = _get(
+        f"{base}/core/events?" + urllib.parse.urlencode({**filters, "limit": args.last, "order": "desc"}), token
+    )
     events = list(reversed((latest or {}).get("events", [])))
     seen: set[str] = set()
     since = None

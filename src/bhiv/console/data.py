@@ -209,7 +209,7 @@ class ConsoleData:
         bucket_status, bucket = self.get(f"{urls['bucket']}/health", auth=False)
         karma_status, _ = self.get(f"{urls['karma']}/health", auth=False)
         _, karma_stats = self.get(f"{urls['karma']}/v1/stats/system")
-        _, newest = self.get(f"{urls['bucket']}/core/events?limit=1")
+        _, newest = self.get(f"{urls['bucket']}/core/events?limit=1&order=desc")
         requests = REQUESTS.counts()
         received = ((bucket or {}).get("core_integration") or {}).get("events_received")
         sqs, _ = self._clients()
@@ -281,7 +281,7 @@ class ConsoleData:
     def events(self, params: dict[str, str]) -> tuple[int, Any]:
         wanted = {k: v for k, v in params.items() if k in ("event_type", "requester_id", "user_id", "trace_id") and v}
         limit = params.get("limit", "50")
-        query = urllib.parse.urlencode({**wanted, "limit": limit})
+        query = urllib.parse.urlencode({**wanted, "limit": limit, "order": "desc"})  # newest first, explicitly
         return self.get(f"{self.urls['bucket']}/core/events?{query}")
 
     # --- trace ------------------------------------------------------------------------------
