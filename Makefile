@@ -15,11 +15,15 @@ SAM := $(SAM_VENV)/bin/sam
 SAM_ENV := env -u AWS_PROFILE -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN \
 	AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0
 
+# Progress is shown (uv prints what it resolves, downloads and installs): a cold install takes minutes.
 $(BIN)/.installed: pyproject.toml uv.lock
+	@echo "Installing the project and its dependencies into $(VENV) (a first install downloads ~100 MB and takes a few minutes)..."
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	@if command -v uv >/dev/null 2>&1; then uv sync --frozen --quiet; else $(PYTHON) -m uv sync --frozen --quiet; fi
+		{ echo "  installing uv $(UV_VERSION) with pip..."; \
+		  $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; }
+	@if command -v uv >/dev/null 2>&1; then uv sync --frozen; else $(PYTHON) -m uv sync --frozen; fi
 	@touch $@
+	@echo "Installed: $(BIN)/bhiv"
 
 install: $(BIN)/.installed
 
@@ -49,6 +53,11 @@ typecheck: install
 	@for app in functions/*/app.py; do $(BIN)/mypy --no-error-summary $$app || exit 1; done
 
 test: install lint typecheck sam-check
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+		echo "!! No Chromium found: the web console's browser tests (tests/browser) are SKIPPED."; \
+		echo "!! Install it with: apt-get install chromium   (.ci/run does this as root)"; \
+		echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; }
 	$(BIN)/pytest
 
 # The deploy rehearsal on moto's server (CloudFormation stack, built handlers, API Gateway import)

@@ -26,11 +26,17 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.stack import start_stack  # noqa: E402
+from tests.e2e.stack import start_stack as _start_stack  # noqa: E402
+
+
+def start_stack(state: Path, *extra: str, **kwargs: Any) -> Any:
+    """The figures come from the stack's runtime log records: JSON on its console."""
+    return _start_stack(state, "--log-format", "json", *extra, **kwargs)
 
 
 def _events(count: int) -> list[dict[str, dict[str, str]]]:

@@ -208,3 +208,17 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, api_tokens: dict[str, str], functio
             yield MotoEnv(dynamodb=dynamodb, sqs=sqs, queues=queues, env=env, tokens=dict(api_tokens))
         finally:
             clear_runtime_caches()
+
+
+@pytest.fixture(scope="session")
+def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One `bhiv up --demo` (what `make run` starts), shared by the console's browser tests and the
+    first-time-user CLI tests: each module would otherwise pay a stack start of its own."""
+    from tests.e2e.stack import poll_until, start_stack
+
+    running = start_stack(tmp_path_factory.mktemp("demo") / "state", "--demo")
+    try:
+        poll_until(running.output, lambda text: "The stack keeps running" in text or "FAILED" in text, timeout=60)
+        yield running
+    finally:
+        running.stop()

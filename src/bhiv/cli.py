@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
@@ -15,24 +16,40 @@ from typing import Any
 BANNER_WIDTH = 72
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (but not an empty one, nor off for a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help or ""
+        return str(super()._get_help_string(action))
+
+
+def _sub(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+    return parser
+
+
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(".bhiv"),
-        help="where credentials, checkpoints and logs live (default: .bhiv/)",
+        help="where credentials, checkpoints and logs live",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bhiv", description="BHIV event pipeline: local stack and tools")
+    parser = argparse.ArgumentParser(
+        prog="bhiv", description="BHIV event pipeline: local stack and tools", formatter_class=_HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start the local stack in the foreground (Ctrl-C stops it)")
+    up = _sub(sub, "up", help="start the local stack in the foreground (Ctrl-C stops it)")
     _state_dir_arg(up)
-    up.add_argument("--bucket-port", type=int, default=8001)
-    up.add_argument("--karma-port", type=int, default=8000)
-    up.add_argument("--executor-port", type=int, default=8003)
+    up.add_argument("--bucket-port", type=int, default=8001, help="the Bucket's HTTP port")
+    up.add_argument("--karma-port", type=int, default=8000, help="Karma's HTTP port")
+    up.add_argument("--executor-port", type=int, default=8003, help="the Workflow Executor's HTTP port")
     up.add_argument(
         "--executor-bucket-url",
         default=None,
@@ -43,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8005,
         help="port of the embedded AWS endpoint (moto server) for the AWS CLI and `bhiv` tools; 0 = off",
+    )
+    up.add_argument(
+        "--console-port",
+        type=int,
+        default=8010,
+        help="port of the read-only web console (loopback only); 0 = off",
+    )
+    up.add_argument(
+        "--log-format",
+        choices=("human", "json"),
+        default="human",
+        help="console output: one short line per request (human) or the services' JSON log lines (json); "
+        "<state-dir>/logs/ always gets JSON",
     )
     up.add_argument(
         "--no-auth", action="store_true", help="accept requests without tokens (loopback only; for legacy clients)"
@@ -61,18 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 
-    dlq = sub.add_parser("dlq", help="records that exhausted their stream retries")
+    dlq = _sub(sub, "dlq", help="records that exhausted their stream retries")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    for name, text in (("list", "show the dead-lettered records"), ("redrive", "re-deliver them to their handler")):
-        cmd = dlq_sub.add_parser(name, help=text)
+    for name, text in (
+        ("list", "one line per dead-lettered message: when, reason, attempts, events"),
+        ("redrive", "re-deliver them to their handler"),
+    ):
+        cmd = _sub(dlq_sub, name, help=text)
         _state_dir_arg(cmd)
+        if name == "list":
+            cmd.add_argument("--json", action="store_true", help="every message in full, one JSON object per line")
 
-    karma = sub.add_parser("karma", help="Karma's state")
+    karma = _sub(sub, "karma", help="Karma's state")
     karma_sub = karma.add_subparsers(dest="karma_command", required=True)
-    show = karma_sub.add_parser("show", help="a user's karma and the Q-table as a grid")
+    show = _sub(karma_sub, "show", help="a user's karma and the Q-table as a grid")
     _state_dir_arg(show)
-    show.add_argument("user_id")
-    rebuild = karma_sub.add_parser("rebuild", help="recompute users and the Q-table from the Bucket's event log")
+    show.add_argument("user_id", help="the user to show")
+    rebuild = _sub(karma_sub, "rebuild", help="recompute users and the Q-table from the Bucket's event log")
     _state_dir_arg(rebuild)
     rebuild.add_argument(
         "--write",
@@ -80,11 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the live state with the rebuilt one (stop writers first); default: compare",
     )
 
-    diag = sub.add_parser("diagnose", help="follow a fresh workflow through executor, bucket, stream and karma")
+    diag = _sub(sub, "diagnose", help="follow a fresh workflow through executor, bucket, stream and karma")
     _state_dir_arg(diag)
     diag.add_argument("--executor-url", help="default: the local stack's (from <state-dir>/stack.json)")
-    diag.add_argument("--bucket-url")
-    diag.add_argument("--karma-url")
+    diag.add_argument("--bucket-url", help="default: the local stack's")
+    diag.add_argument("--karma-url", help="default: the local stack's")
     diag.add_argument(
         "--token",
         help="a token with workflows:execute, events:read, karma:read "
@@ -92,42 +127,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diag.add_argument("--timeout", type=float, default=10.0, help="seconds to wait at each hop")
 
-    outbox = sub.add_parser("outbox", help="workflow events waiting for delivery to the Bucket")
+    outbox = _sub(sub, "outbox", help="workflow events waiting for delivery to the Bucket")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
     for name, text in (("list", "show queued events"), ("redrive", "deliver them now")):
-        _state_dir_arg(outbox_sub.add_parser(name, help=text))
+        _state_dir_arg(_sub(outbox_sub, name, help=text))
 
-    logs = sub.add_parser("logs", help="every log line of one trace across the services, in time order")
+    logs = _sub(sub, "logs", help="every log line of one trace across the services, in time order")
     _state_dir_arg(logs)
-    logs.add_argument("trace_id")
+    logs.add_argument("trace_id", help="the trace id (or an event id) to look for")
 
-    events = sub.add_parser("events", help="the Bucket's events")
+    events = _sub(sub, "events", help="the Bucket's events")
     events_sub = events.add_subparsers(dest="events_command", required=True)
-    tail = events_sub.add_parser("tail", help="follow new events as they arrive (Ctrl-C stops)")
+    tail = _sub(events_sub, "tail", help="follow new events as they arrive (Ctrl-C stops)")
     _state_dir_arg(tail)
     for name in ("event_type", "requester_id", "trace_id", "user_id"):
-        tail.add_argument(f"--{name.replace('_', '-')}", dest=name)
+        tail.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"only events with this {name}")
     tail.add_argument("--last", type=int, default=10, help="show the last N events first")
-    tail.add_argument("--interval", type=float, default=0.5)
+    tail.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    status = sub.add_parser("status", help="per service: up or down, events, outbox, DLQ, stream lag")
+    status = _sub(sub, "status", help="per service: up or down, events, outbox, DLQ, stream lag")
     _state_dir_arg(status)
 
-    reset = sub.add_parser("reset", help="empty the state directory (events, karma, outbox, tokens)")
+    reset = _sub(sub, "reset", help="empty the state directory (events, karma, outbox, tokens)")
     _state_dir_arg(reset)
     reset.add_argument("--yes", action="store_true", help="do not ask")
 
-    token = sub.add_parser("token", help="print a requester's local token")
+    token = _sub(sub, "token", help="print a requester's local token")
     _state_dir_arg(token)
-    token.add_argument("requester_id", nargs="?", default="bhiv_core")
+    token.add_argument("requester_id", nargs="?", default="bhiv_core", help="whose token to print")
     return parser
+
+
+def _quiet_tool_logs(state_dir: Path) -> None:
+    """A tool's output is its answer: log lines of the code it runs in-process (a redrive, the
+    outbox) go to <state-dir>/logs/ only, never to the terminal."""
+    import os
+
+    os.environ["BHIV_CONSOLE_LOG"] = "off"
+    if state_dir.is_dir():
+        os.environ["BHIV_LOG_DIR"] = str(state_dir / "logs")
+    logging.getLogger("bhiv").addHandler(logging.NullHandler())
+    logging.getLogger("bhiv").propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "up":
         return cmd_up(args)
+    _quiet_tool_logs(args.state_dir)
     if args.command == "dlq":
         return cmd_dlq(args)
     if args.command == "token":
@@ -157,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import os
+
+    from bhiv.local.requestlog import REQUESTS
+
+    os.environ["BHIV_CONSOLE_LOG"] = args.log_format
+    REQUESTS.print_lines = args.log_format == "human"
     from bhiv.local.stack import LocalStack, StackConfig
     from bhiv.local.statelock import StateDirInUse
 
@@ -168,10 +222,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         executor_bucket_url=args.executor_bucket_url,
         durable=not args.ephemeral,
         moto_port=args.moto_port,
+        console_port=args.console_port,
         auth=not args.no_auth,
         compact_every=max(1, args.compact_every),
     )
     stack = LocalStack(config)
+    print(f"Starting the local stack in {args.state_dir} ...", flush=True)
+    from bhiv.local import durability
+
+    durability.progress_hook = lambda message: print(f"  restoring state: {message} ...", flush=True)
     try:
         stack.start()
     except StateDirInUse as exc:
@@ -194,6 +253,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print("  state      in memory only (--ephemeral): everything is gone at stop")
     print(f"  tokens     {stack.credentials_path}  (Authorization: Bearer <token>)")
+    print(f"  logs       {stack.state_dir / 'logs'}  (JSON lines; `bhiv logs <trace_id>`)")
+    if "console" in stack.urls:
+        print(f"  open       {stack.urls['console']}  in a browser: the live console")
     if not config.auth:
         print("!" * BANNER_WIDTH)
         print("!! WARNING: --no-auth: every request is accepted without a token.")
@@ -212,11 +274,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     code = 0
     try:
         if args.demo:
+            REQUESTS.paused = True  # the demo tells its own story; request lines resume after it
             code = run_demo(stack.urls, stack.credentials_path)
             if code == 0:
                 from bhiv import diagnose
 
-                print("[demo] 5. bhiv diagnose: a fresh workflow through every hop\n", flush=True)
+                print("[demo] 5. bhiv diagnose: a fresh workflow through every hop", flush=True)
                 token = json.loads(stack.credentials_path.read_text(encoding="utf-8"))["bhiv_core"]
                 code = diagnose.main(
                     diagnose.Targets(
@@ -224,9 +287,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                         stack.urls["bucket"],
                         stack.urls["karma"],
                         token if config.auth else None,
-                    )
+                    ),
+                    details=False,
                 )
-                print("\nThe stack keeps running; press Ctrl-C to stop.", flush=True)
+            REQUESTS.paused = False
+            if "console" in stack.urls:
+                print(f"\nSee it in the console: {stack.urls['console']}  (Events, Trace, Karma)")
+            print("The stack keeps running; requests are shown one line each below. Ctrl-C stops it.", flush=True)
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -268,23 +335,22 @@ def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
         "execution_result": {"task": "created"},
         "duration_ms": 12,
     }
-    print(f"\n[demo] 1. POST {bucket}/core/write-event  (trace_id={trace_id})")
     status, body = _request(
         "POST",
         f"{bucket}/core/write-event",
         tokens["workflow_executor"],
         {"requester_id": "workflow_executor", "event_data": event},
     )
-    print(f"[demo]    -> {status} {json.dumps(body)}")
-    if status != 200:
-        print("[demo] FAILED at the Bucket: the event was not stored", file=sys.stderr)
+    if status not in (200, 201) or not (isinstance(body, dict) and body.get("success")):
+        print(f"[demo] FAILED at the Bucket: the event was not stored ({status} {json.dumps(body)})", file=sys.stderr)
         return 1
+    print(f"[demo] 1. wrote a workflow_execution event as workflow_executor: {body['event_id']} (trace {trace_id})")
     status, page = _request("GET", f"{bucket}/core/events?trace_id={trace_id}", tokens["bhiv_reader"])
-    print(f"[demo] 2. GET /core/events?trace_id={trace_id} -> {status}, {page.get('showing')} event(s):")
-    print(json.dumps(page.get("events", [None])[0], indent=2))
-    if status != 200 or page.get("count") != 1:
-        print("[demo] FAILED: the event could not be read back", file=sys.stderr)
+    found = page.get("events", []) if status == 200 and isinstance(page, dict) else []
+    if len(found) != 1:
+        print(f"[demo] FAILED: the event could not be read back ({status})", file=sys.stderr)
         return 1
+    print(f"[demo] 2. read it back by its trace id: 1 event, received at {found[0].get('received_at')}")
     started = time.monotonic()
     deadline = started + 5
     status, user = _request("GET", f"{karma}/api/v1/karma/{user_id}", tokens["bhiv_reader"])
@@ -295,18 +361,18 @@ def run_demo(urls: dict[str, str], credentials_path: Path) -> int:
         print(f"[demo] FAILED at the stream: Karma has no state for {user_id} after 5 s", file=sys.stderr)
         return 1
     waited = (time.monotonic() - started) * 1000
-    print(f"[demo] 3. GET {karma}/api/v1/karma/{user_id} -> 200 after {waited:.0f} ms (delivered by the stream):")
+    balances = ", ".join(f"{k} {round(float(v), 2):g}" for k, v in user["balances"].items())
     print(
-        f"[demo]    role {user['role']}, balances {user['balances']}, "
-        f"workflow_success x{user['action_stats'].get('workflow_success', 0)}"
+        f"[demo] 3. Karma applied it from the stream after {waited:.0f} ms: {user_id} is a {user['role']} "
+        f"with {balances}"
     )
     received = 0
     while time.monotonic() < deadline and received < 1:
         _, stats = _request("GET", f"{bucket}/core/stats", tokens["bhiv_core"])
-        received = stats["stats"]["events_received"]
+        received = ((stats or {}).get("stats") or {}).get("events_received") or 0
         time.sleep(0.05)
-    print(f"[demo] 4. GET /core/stats -> events_received={received} (aggregated from the stream)")
-    print("[demo] OK: stored once, read back by trace id, applied by Karma from the stream.\n", flush=True)
+    print(f"[demo] 4. the Bucket's stats, aggregated from the stream: {received} event(s) received")
+    print("[demo] OK: stored once, read back by trace id, applied by Karma from the stream.", flush=True)
     return 0
 
 
@@ -331,8 +397,11 @@ def _remote_clients(state_dir: Path) -> tuple[Any, Any]:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    if args.dlq_command == "list" and not args.json and _dlq_list_from_console(args.state_dir):
+        return 0
     import os
 
+    from bhiv.console.data import rejection_reasons, summarize_dlq_message
     from bhiv.local import server, template
     from bhiv.local.streams import dlq_messages, dlq_redrive
 
@@ -345,9 +414,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         queue_url = sqs.get_queue_url(QueueName=mapping.on_failure_queue)["QueueUrl"]
         if args.dlq_command == "list":
             messages = dlq_messages(sqs, queue_url)
-            print(f"{mapping.on_failure_queue} ({mapping.function}): {len(messages)} message(s)")
-            for message in messages:
-                print(json.dumps(message, indent=2))
+            if args.json:
+                for message in messages:
+                    print(json.dumps({"queue": mapping.on_failure_queue, **message}))
+                continue
+            summaries = [summarize_dlq_message(m) for m in messages]
+            reasons = rejection_reasons(
+                args.state_dir, [str(e["event_id"]) for m in summaries for e in m["events"] if e["event_id"]]
+            )
+            for summary in summaries:
+                summary["reason"] = next(
+                    (reasons[e["event_id"]] for e in summary["events"] if e["event_id"] in reasons), summary["reason"]
+                )
+            _print_dlq(mapping.on_failure_queue, mapping.function, summaries)
         else:
             os.environ.update(template.function_environment(mapping.function, tmpl))
             handler = server.resolve_handler(mapping.code_uri, mapping.handler)
@@ -355,6 +434,47 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"{mapping.on_failure_queue}: redriven {redriven}, still failing {failing}")
             failures += failing
     return 1 if failures else 0
+
+
+def _dlq_list_from_console(state_dir: Path) -> bool:
+    """The running stack's console has the dead letters summarised already (no boto3 to import)."""
+    from bhiv import tools
+
+    info = tools.running_stack(state_dir)
+    console = (info or {}).get("urls", {}).get("console")
+    if not console:
+        return False
+    status, pipeline = tools._get(f"{console}/api/pipeline", None, timeout=30)
+    status2, stuck = tools._get(f"{console}/api/stuck", None, timeout=30)
+    if status != 200 or status2 != 200:
+        return False
+    for mapping in pipeline["mappings"]:
+        if mapping.get("dlq"):
+            entries = [m for m in stuck["dlq"] if m.get("queue") == mapping["dlq"]]
+            _print_dlq(mapping["dlq"], mapping["function"], entries)
+    return True
+
+
+def _print_dlq(queue: str, function: str, summaries: list[dict[str, Any]]) -> None:
+    print(f"{queue} ({function}): {len(summaries)} message(s)")
+    for line in dlq_lines(summaries):
+        print(f"  {line}")
+
+
+def dlq_lines(summaries: list[dict[str, Any]]) -> list[str]:
+    """One line per on-failure message (see bhiv.console.data.summarize_dlq_message): when, the
+    reason, attempts, and its events."""
+    lines = []
+    for summary in sorted(summaries, key=lambda s: str(s.get("sent_at") or "")):
+        events = summary["events"]
+        shown = ", ".join(f"{e['event_id']} ({e['event_type']}, trace {e['trace_id']})" for e in events[:3])
+        if len(events) > 3:
+            shown += f" and {len(events) - 3} more"
+        lines.append(
+            f"{summary['sent_at']}  {summary['message_id']}  attempts {summary['attempts']}  "
+            f"reason: {summary['reason']}  events: {shown or 'records omitted (too large)'}"
+        )
+    return lines
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -379,6 +499,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    if args.outbox_command == "list":
+        from bhiv import tools
+
+        info = tools.running_stack(args.state_dir)
+        console = (info or {}).get("urls", {}).get("console")
+        status, stuck = tools._get(f"{console}/api/stuck", None, timeout=30) if console else (0, None)
+        if status == 200 and isinstance(
+            stuck, dict
+        ):  # the running stack's own view: no boto3, no Executor to import here
+            _print_outbox(stuck["outbox"])
+            return 0
     import os
 
     from bhiv.local import template
@@ -392,14 +523,17 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
     service = runtime.service()
     if args.outbox_command == "list":
-        items = service.outbox()
-        print(f"{len(items)} event(s) waiting for delivery")
-        for item in items:
-            print(json.dumps(item))
+        _print_outbox(service.outbox())
         return 0
     counts = service.redrive(due_only=False, limit=1000)
     print(f"delivered {counts['delivered']}, rejected {counts['rejected']}, still queued {counts['queued']}")
     return 1 if counts["queued"] else 0
+
+
+def _print_outbox(items: list[dict[str, Any]]) -> None:
+    print(f"{len(items)} event(s) waiting for delivery")
+    for item in items:
+        print(json.dumps(item))
 
 
 def read_stack_file_or_exit(state_dir: Path) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def _poll(
     return result
 
 
-def run(targets: Targets, out: Callable[[str], None] = print) -> dict[str, Any]:
+def run(targets: Targets, out: Callable[[str], None] = print, details: bool = True) -> dict[str, Any]:
     t = targets
     out("[Step 1] Checking services...")
     for hop, url in (
@@ -150,19 +150,21 @@ def run(targets: Targets, out: Callable[[str], None] = print) -> dict[str, Any]:
         _, stats = _call("GET", f"{t.karma}/v1/stats/system", t.token)
         hop = "karma" if isinstance(stats, dict) and stats.get("events", {}).get("failed") else "stream"
         raise HopFailed(hop, f"Karma has no state for {user_id} after {t.timeout_s:.0f} s", stats)
-    out(f"OK Karma applied it: user {user_id} role {karma['role']} balances {karma['balances']}")
-    out("\nEvent details:")
-    out(json.dumps(event, indent=2))
+    balances = ", ".join(f"{k} {round(float(v), 2):g}" for k, v in karma["balances"].items())
+    out(f"OK Karma applied it: user {user_id} role {karma['role']} balances {balances}")
+    if details:
+        out("\nEvent details:")
+        out(json.dumps(event, indent=2))
     return {"trace_id": trace_id, "event": event, "karma": karma}
 
 
-def main(targets: Targets) -> int:
+def main(targets: Targets, details: bool = True) -> int:
     try:
-        run(targets)
+        run(targets, details=details)
     except HopFailed as failure:
         print(f"\nFAILED at hop '{failure.hop}': {failure.message}", file=sys.stderr)
         if failure.evidence is not None:
             print("Evidence:", json.dumps(failure.evidence, indent=2, default=str)[:4000], file=sys.stderr)
         return 1
-    print("\nSUCCESS: executor -> delivery -> bucket -> stream -> karma all worked.")
+    print(("\n" if details else "") + "SUCCESS: executor -> delivery -> bucket -> stream -> karma all worked.")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -48,9 +49,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _stack(state_dir: Path) -> dict[str, Any]:
-    from bhiv.local.stack import read_stack_file
-
-    info = read_stack_file(state_dir)
+    info = running_stack(state_dir)
     if not info:
         raise SystemExit(f"bhiv: no running stack found in {state_dir} (start `bhiv up`)")
     return info
@@ -90,7 +89,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
         )
         if v
     }
-    _, latest = _get(f"{base}/core/events?" + urllib.parse.urlencode({**filters, "limit": args.last}), token)
+    _, latest = _get(
+        f"{base}/core/events?" + urllib.parse.urlencode({**filters, "limit": args.last, "order": "desc"}), token
+    )
     events = list(reversed((latest or {}).get("events", [])))
     seen: set[str] = set()
     since = None
@@ -155,13 +156,59 @@ def _stream_lag(info: dict[str, Any], state_dir: Path) -> dict[str, int | str]:
     return lags
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from bhiv.local.stack import read_stack_file
+def running_stack(state_dir: Path) -> dict[str, Any] | None:
+    """stack.json of a stack that is still running (its process alive), else None. Read directly:
+    importing bhiv.local.stack would pull in boto3 and cost a second per command."""
+    path = state_dir / "stack.json"
+    try:
+        info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pid = info.get("pid")
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # left behind by a stack that was killed
+        except PermissionError:
+            pass
+    return info
 
-    info = read_stack_file(args.state_dir)
+
+def _print_status(snapshot: dict[str, Any]) -> int:
+    services = {s["name"]: s for s in snapshot["services"]}
+    down = 0
+    for name, detail in (
+        ("bucket", f"events received: {services['bucket'].get('events_received')}"),
+        ("executor", f"outbox depth: {services['executor'].get('outbox_depth')}"),
+        (
+            "karma",
+            f"DLQ depth: {services['karma'].get('dlq_depth')}  events: {json.dumps(services['karma'].get('events'))}",
+        ),
+    ):
+        service = services[name]
+        down += service["health"] != "up"
+        print(
+            f"{name:<9} {service['health'] if service['health'] == 'up' else 'DOWN':<5} {service['url']:<28} {detail}"
+        )
+    for mapping in snapshot["mappings"]:
+        print(
+            f"stream    {mapping['function']:<34} lag: {mapping['lag']} record(s)  "
+            f"DLQ {mapping['dlq']}: {mapping['dlq_depth']}"
+        )
+    return 1 if down else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = running_stack(args.state_dir)
     if not info:
-        print(f"no stack running on {args.state_dir}")
+        print(f"no stack running on {args.state_dir} (start one with `bhiv up`)")
         return 1
+    console = info["urls"].get("console")
+    if console:  # the stack knows its own lag and depths: one request instead of boto3 and the template
+        status, snapshot = _get(f"{console}/api/pipeline", None, timeout=10)
+        if status == 200 and isinstance(snapshot, dict):
+            return _print_status(snapshot)
     urls, reader, core = info["urls"], _token(info, "bhiv_reader"), _token(info, "bhiv_core")
     down = 0
     status, health = _get(f"{urls['bucket']}/health", None)

@@ -162,6 +162,7 @@ class Stack:
                 *("--bucket-port", str(self.ports["bucket"]), "--karma-port", str(self.ports["karma"])),
                 *("--executor-port", str(self.ports["executor"]), "--moto-port", str(self.ports["moto"])),
                 *("--executor-bucket-url", self.executor_bucket_url, "--compact-every", "400"),
+                *("--console-port", "0"),  # no web console here: port 8010 may be taken by another stack
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -393,6 +394,7 @@ def second_start_refused(stack: Stack, report: Report) -> bool:
             str(stack.state_dir),
             *("--bucket-port", str(free_port()), "--karma-port", str(free_port())),
             *("--executor-port", str(free_port()), "--moto-port", str(free_port())),
+            *("--console-port", "0"),
         ],
         capture_output=True,
         text=True,

@@ -33,6 +33,7 @@ class RunningStack:
     log_path: Path
     karma_url: str
     executor_url: str
+    console_url: str = ""
 
     @property
     def tokens(self) -> dict[str, str]:
@@ -58,7 +59,7 @@ class RunningStack:
 
 def start_stack(state_dir: Path, *extra: str, timeout: float = 60, bucket_port: int | None = None) -> RunningStack:
     bucket_port = bucket_port or free_port()
-    karma_port, executor_port, moto_port = free_port(), free_port(), free_port()
+    karma_port, executor_port, moto_port, console_port = free_port(), free_port(), free_port(), free_port()
     log_path = state_dir.parent / f"{state_dir.name}-stack.log"
     log = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
@@ -76,6 +77,8 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60, bucket_port: 
             str(executor_port),
             "--moto-port",
             str(moto_port),
+            "--console-port",
+            str(console_port),
             *extra,
         ],
         stdout=log,
@@ -90,6 +93,7 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60, bucket_port: 
         log_path,
         f"http://127.0.0.1:{karma_port}",
         f"http://127.0.0.1:{executor_port}",
+        f"http://127.0.0.1:{console_port}",
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

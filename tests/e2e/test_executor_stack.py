@@ -117,7 +117,7 @@ def test_a_bucket_answering_403_is_reported_as_a_rejection(tmp_path: Path) -> No
         response = _execute(stack, trace, "u-rej")
         assert response.status_code == 200
         assert response.json()["delivery_state"] == "rejected"
-        assert response.json()["delivery"]["status"] == 403
+        assert response.json()["delivery"]["rejected_status"] == 403
         log = (stack.state_dir / "logs" / "executor.log").read_text(encoding="utf-8")
         assert "Bucket rejected event" in log and trace in log
         assert "Workflow event logged to Bucket" not in log.split(trace, 1)[1]

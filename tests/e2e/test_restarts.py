@@ -14,11 +14,17 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.stack import BHIV, ROOT, RunningStack, free_port, poll_until, start_stack
+from tests.e2e.stack import BHIV, ROOT, RunningStack, free_port, poll_until
+from tests.e2e.stack import start_stack as _start_stack
 
 pytestmark = pytest.mark.e2e
 
 ACTIONS = ("completing_lessons", "helping_peers", "solving_doubts", "selfless_service")
+
+
+def start_stack(state: Path, *extra: str, **kwargs: Any) -> RunningStack:
+    """These tests read the stack's runtime log records from its console: ask for JSON there."""
+    return _start_stack(state, "--log-format", "json", *extra, **kwargs)
 
 
 def _write(stack: RunningStack, user: str, event_id: str, action: str = "completing_lessons") -> int:

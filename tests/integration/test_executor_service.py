@@ -114,3 +114,19 @@ def test_a_hanging_bucket_never_holds_the_caller_past_the_budget(aws: dict[str, 
     assert not bucket.release.is_set()
     assert response["delivery_state"] == "queued"
     assert [i["trace_id"] for i in service.outbox()] == ["t-1"]
+
+
+@pytest.mark.parametrize("mode", ["ok", "reject", "error"])
+def test_delivery_has_one_shape_in_the_response_the_replay_and_the_execution(
+    aws: dict[str, Any], bucket: FakeBucket, mode: str
+) -> None:
+    if mode != "ok":
+        bucket.mode = mode
+    service = _service(aws, bucket, Flaky(), Log(), budget=0.2)
+    _, first, _ = service.execute(_body())
+    _, replay, _ = service.execute(_body())
+    stored = service.execution("t-1")
+    keys = {"state", "attempts", "delivered_at", "next_attempt_at", "last_error", "rejected_status"}
+    assert set(first["delivery"]) == set(replay["delivery"]) == set(stored["delivery"]) == keys
+    assert first["delivery"] == replay["delivery"] == stored["delivery"]
+    assert first["delivery"]["state"] == {"ok": "delivered", "reject": "rejected", "error": "queued"}[mode]

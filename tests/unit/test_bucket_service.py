@@ -135,13 +135,20 @@ def test_batch_reports_each_item_and_one_bad_item_does_not_sink_the_rest(
             ],
         },
     )
-    assert status == 201
+    assert status == 207  # the one rule: some item failed <=> 207 <=> success false
     assert result["success"] is False
     assert [r["status"] for r in result["results"]] == ["stored", "error", "duplicate", "error", "stored"]
     assert [r["index"] for r in result["results"]] == [0, 1, 2, 3, 4]
     assert result["results"][1]["error"]["field"] == "events.1.event_data.event_type"
     assert result["results"][3]["error"]["status"] == 409
     assert len(store.items) == 3
+
+
+def test_batch_status_is_201_when_all_stored_and_200_when_all_duplicates(service: BucketService) -> None:
+    batch = {"requester_id": "workflow_executor", "events": [{"event_data": {"event_type": "a"}, "event_id": "a-1"}]}
+    assert service.write_events(WRITER, batch)[0] == 201
+    status, result = service.write_events(WRITER, batch)
+    assert status == 200 and result["success"] is True
 
 
 def test_batch_over_100_items_is_413(service: BucketService, store: FakeEventStore) -> None:

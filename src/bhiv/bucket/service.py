@@ -126,7 +126,9 @@ class BucketService:
         final = [r for r in results if r is not None]
         stored_any = any(r["status"] == "stored" for r in final)
         all_ok = all(r["status"] != "error" for r in final)
-        return (201 if stored_any else 200), {"success": all_ok, "results": final}
+        # One rule (openapi/bucket.yaml): 207 exactly when some item failed, so `success: false`
+        # never travels with a 2xx that reads as "all done"; else 201 if anything was stored, 200 if not.
+        return (207 if not all_ok else 201 if stored_any else 200), {"success": all_ok, "results": final}
 
     def _check_event(self, event_data: dict[str, Any], where: str) -> None:
         size = domain.event_size(event_data)

@@ -135,9 +135,9 @@ class ExecutorService:
         first_retry = isoformat(self._clock() + timedelta(seconds=self._budget + 2))
         self._store.complete(trace_id, request_hash, record, response, event, QUEUED, first_retry)
         outcome = self._deliver(trace_id, event_id, event)
-        state = self._settle(trace_id, outcome)
+        state, written = self._settle(trace_id, outcome)
         response["delivery_state"] = state
-        response["delivery"] = _delivery_json(outcome, state)
+        response["delivery"] = delivery_view({**record, **written, "delivery_state": state})
         return 200, response, {}
 
     def _deliver(
@@ -174,28 +174,32 @@ class ExecutorService:
             )
         return outcome
 
-    def _settle(self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0, rounds_before: int = 0) -> str:
+    def _settle(
+        self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0, rounds_before: int = 0
+    ) -> tuple[str, dict[str, Any]]:
+        """Record the outcome; returns the delivery state and the delivery fields written."""
         attempts = attempts_before + outcome.attempts
         now = self._clock()
         if outcome.state == "delivered":
-            self._store.settle(trace_id, "delivered", {"delivered_at": isoformat(now), "delivery_attempts": attempts})
-            return "delivered"
+            fields: dict[str, Any] = {"delivered_at": isoformat(now), "delivery_attempts": attempts}
+            self._store.settle(trace_id, "delivered", fields)
+            return "delivered", fields
         if outcome.state == "rejected":
-            self._store.settle(
-                trace_id,
-                "rejected",
-                {
-                    "rejected_status": outcome.status or 0,
-                    "last_error": outcome.reason or "",
-                    "delivery_attempts": attempts,
-                },
-            )
-            return "rejected"
+            fields = {
+                "rejected_status": outcome.status or 0,
+                "last_error": outcome.reason or "",
+                "delivery_attempts": attempts,
+            }
+            self._store.settle(trace_id, "rejected", fields)
+            return "rejected", fields
         rounds = rounds_before + 1
-        self._store.reschedule(
-            trace_id, isoformat(now + redrive_delay(rounds)), attempts, outcome.reason or "unreachable", rounds
-        )
-        return QUEUED
+        fields = {
+            "next_attempt_at": isoformat(now + redrive_delay(rounds)),
+            "delivery_attempts": attempts,
+            "last_error": outcome.reason or "unreachable",
+        }
+        self._store.reschedule(trace_id, fields["next_attempt_at"], attempts, fields["last_error"], rounds)
+        return QUEUED, fields
 
     def _replay(
         self, trace_id: str, request_hash: str, existing: dict[str, Any]
@@ -214,6 +218,7 @@ class ExecutorService:
             )
         response: dict[str, Any] = json.loads(existing["response"])
         response["delivery_state"] = existing.get("delivery_state")
+        response["delivery"] = delivery_view(existing)
         return 200, response, {"X-Idempotent-Replay": "true"}
 
     # --- reads ------------------------------------------------------------------------------
@@ -226,13 +231,7 @@ class ExecutorService:
         return {
             **response,
             "delivery_state": record.get("delivery_state"),
-            "delivery": {
-                "attempts": record.get("delivery_attempts", 0),
-                "delivered_at": record.get("delivered_at"),
-                "last_error": record.get("last_error"),
-                "next_attempt_at": record.get("next_attempt_at"),
-                "rejected_status": record.get("rejected_status"),
-            },
+            "delivery": delivery_view(record),
             "created_at": record.get("created_at"),
             "completed_at": record.get("completed_at"),
         }
@@ -263,7 +262,7 @@ class ExecutorService:
         for item in items:
             event = json.loads(item["event"])
             outcome = self._deliver(item["trace_id"], item["event_id"], event, budget=min(self._budget, 0.5))
-            state = self._settle(
+            state, _ = self._settle(
                 item["trace_id"], outcome, int(item.get("delivery_attempts", 0)), int(item.get("redrive_rounds", 0))
             )
             counts[state] += 1
@@ -285,11 +284,16 @@ def _valid_user(value: Any) -> str | None:
     return value if isinstance(value, str) and 1 <= len(value) <= 256 else None
 
 
-def _delivery_json(outcome: DeliveryOutcome, state: str) -> dict[str, Any]:
+def delivery_view(record: dict[str, Any]) -> dict[str, Any]:
+    """The `delivery` object, one shape in the first response, a replay and executions/{trace_id}
+    (openapi/executor.yaml, Delivery): where the event's delivery stands now, from the stored record."""
+    state = record.get("delivery_state")
+    rejected = record.get("rejected_status") if state == "rejected" else None
     return {
         "state": state,
-        "attempts": outcome.attempts,
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "duplicate": outcome.duplicate,
+        "attempts": int(record.get("delivery_attempts") or 0),
+        "delivered_at": record.get("delivered_at") if state == "delivered" else None,
+        "next_attempt_at": record.get("next_attempt_at") if state == QUEUED else None,
+        "last_error": (record.get("last_error") or None) if state != "delivered" else None,
+        "rejected_status": int(rejected) if rejected is not None else None,
     }

@@ -8,11 +8,10 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-from bhiv.karma.policy import default_policy
 
 RESET, BOLD, GREEN, RED, DIM = "\033[0m", "\033[1m", "\033[32m", "\033[31m", "\033[2m"
 
@@ -22,9 +21,9 @@ def _colour(text: str, code: str, enabled: bool) -> str:
 
 
 def _stack(state_dir: Path) -> dict[str, Any]:
-    from bhiv.local.stack import read_stack_file
+    from bhiv.tools import running_stack  # not bhiv.local.stack: that imports boto3 (a second)
 
-    info = read_stack_file(state_dir)
+    info = running_stack(state_dir)
     if not info:
         raise SystemExit(f"bhiv: no running stack found in {state_dir} (start `bhiv up`)")
     return info
@@ -39,6 +38,11 @@ def _get(url: str, token: str | None) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
+
+
+def _num(value: float) -> str:
+    """A balance or score for people: at most two decimals, no float noise (12.000000000000002 → 12)."""
+    return f"{round(float(value), 2):g}"
 
 
 def render_grid(qtable: dict[str, Any], highlight_state: str | None, colour: bool) -> str:
@@ -68,19 +72,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     tokens = json.loads(Path(info["credentials"]).read_text(encoding="utf-8"))
     token = tokens.get("bhiv_reader") if info.get("auth", True) else None
     base = info["urls"]["karma"]
-    status, user = _get(f"{base}/api/v1/karma/{args.user_id}", token)
+    status, user = _get(f"{base}/api/v1/karma/{urllib.parse.quote(args.user_id, safe='')}", token)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     if status == 404:
-        print(f"No karma recorded for user '{args.user_id}'.")
-    elif status != 200:
+        print(f"bhiv: no karma recorded for user '{args.user_id}'", file=sys.stderr)
+        return 1
+    if status != 200:
         print(f"bhiv: Karma answered {status}: {user}", file=sys.stderr)
         return 1
-    else:
-        print(_colour(f"user {user['user_id']}", BOLD, colour) + f"  role {user['role']}  merit {user['merit_score']}")
-        print("balances: " + ", ".join(f"{k} {v}" for k, v in user["balances"].items()))
-        print("actions:  " + (", ".join(f"{k} x{v}" for k, v in user["action_stats"].items()) or "none"))
-        best = user["recommended_actions"][0]
-        print(f"next:     {best['action']} (Q {best['q_value']:.3f})   last updated {user['last_updated']}")
+    print(
+        _colour(f"user {user['user_id']}", BOLD, colour) + f"  role {user['role']}  merit {_num(user['merit_score'])}"
+    )
+    print("balances: " + ", ".join(f"{k} {_num(v)}" for k, v in user["balances"].items()))
+    print("actions:  " + (", ".join(f"{k} x{v}" for k, v in user["action_stats"].items()) or "none"))
+    best = user["recommended_actions"][0]
+    print(f"next:     {best['action']} (Q {best['q_value']:.3f})   last updated {user['last_updated']}")
     status, qtable = _get(f"{base}/api/v1/q-table", token)
     if status != 200:
         print(f"bhiv: Karma answered {status} for the Q-table", file=sys.stderr)
@@ -89,7 +95,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"\nQ-table (policy {qtable['policy_version']}, {qtable['updates']} updates, alpha {qtable['alpha']}, "
         f"gamma {qtable['gamma']}):"
     )
-    print(render_grid(qtable, user.get("role") if status == 200 and isinstance(user, dict) else None, colour))
+    print(render_grid(qtable, user.get("role"), colour))
     return 0
 
 
@@ -97,6 +103,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     import boto3
 
     from bhiv.karma.consumer import StoredEvent
+    from bhiv.karma.policy import default_policy
     from bhiv.karma.rebuild import application_order, replay
     from bhiv.local.stack import _aws_env
     from bhiv.storage.events import EventQuery, EventStore

@@ -49,6 +49,11 @@ STREAM_LOCK = threading.Lock()  # a stream read never sees a tail half trimmed b
 
 log = logging.getLogger("bhiv.local.durability")
 
+# Start-up progress for restores that are not handed a callback: `bhiv up` sets it, so a large
+# snapshot or journal does not look like a hang.
+progress_hook: Callable[[str], None] | None = None
+PROGRESS_EVERY = 5000
+
 
 def _atomic_write(path: Path, data: str) -> None:
     _atomic_write_bytes(path, data.encode("utf-8"))
@@ -95,10 +100,13 @@ class DurableState:
 
     def restore(self, dynamodb: Any, sqs: Any, progress: Callable[[str], None] | None = None) -> None:
         """Snapshot, then the journal tail, into the (already created, empty) moto tables."""
+        progress = progress or progress_hook
         streams: dict[str, Any] = {}
         if self.snapshot_path.exists():
             snapshot = json.loads(self.snapshot_path.read_text(encoding="utf-8"))
             self.generation = int(snapshot["generation"])
+            if progress is not None:
+                progress(f"loading the snapshot ({self.snapshot_path.stat().st_size / 1e6:.1f} MB)")
             self.loaded_items = self._load_tables(snapshot["tables"])
             self.items_at_compaction = self.loaded_items
             streams = snapshot.get("streams") or {}
@@ -113,7 +121,7 @@ class DurableState:
                 self._apply(record, dynamodb)
                 self.replayed += 1
                 self.writes_since_compaction += max(1, len(record.get("p", [])))
-                if progress is not None and self.replayed % 5000 == 0:
+                if progress is not None and self.replayed % PROGRESS_EVERY == 0:
                     progress(f"replayed {self.replayed} journal writes")
         finally:
             self._replaying = False

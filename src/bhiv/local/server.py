@@ -21,6 +21,7 @@ from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPSer
 from bhiv.auth import authenticator_from_env
 from bhiv.chalice_app import make_request_local
 from bhiv.errors import ApiError, BadRequest, PayloadTooLarge
+from bhiv.local.requestlog import REQUESTS
 
 _MODULES: dict[Path, ModuleType] = {}
 _LOAD_LOCK = threading.Lock()
@@ -92,7 +93,24 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
         super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # the apps log structured JSON themselves
+        pass  # the apps log structured JSON themselves; requestlog prints the short human line
+
+    def parse_request(self) -> bool:
+        self._started = time.perf_counter()
+        return bool(super().parse_request())
+
+    def _send_http_response(self, code: int, headers: Any, body: Any) -> None:
+        super()._send_http_response(code, headers, body)
+        REQUESTS.record(
+            getattr(self.server, "bhiv_name", "app"),
+            self.command,
+            self.path,
+            code,
+            time.perf_counter() - getattr(self, "_started", time.perf_counter()),
+            self.headers.get("User-Agent"),
+            getattr(self, "_request_body", None),
+            body,
+        )
 
     def _refuse(self, error: ApiError) -> None:
         """Answer without reading the body, then close (the unread body makes the connection unusable)."""
@@ -120,6 +138,7 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
         if length and (body is None or len(body) < length):
             raise TimeoutError("body cut short")
         self.connection.settimeout(WRITE_TIMEOUT_S)
+        self._request_body = body  # for the request log's trace id
         return dict(self.headers), body
 
     def _generic_handle(self) -> None:
@@ -215,6 +234,7 @@ class AppServer:
             handler_cls=NoDelayRequestHandler,
             server_cls=BoundedThreadingHTTPServer,
         )
+        self._server.server.bhiv_name = name  # type: ignore[attr-defined]  # for the request log
         self.port = self._server.server.server_address[1]
         self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.server.serve_forever, name=f"http-{name}", daemon=True)

@@ -37,6 +37,7 @@ class StackConfig:
     executor_port: int = 8003
     executor_bucket_url: str | None = None  # where the Executor sends events (default: this stack's Bucket)
     moto_port: int = 8005
+    console_port: int = 0  # the web console (bhiv.console); 0 = off (`bhiv up` defaults to 8010)
     auth: bool = True
     host: str = "127.0.0.1"
     poll_interval_s: float = 0.05
@@ -87,6 +88,7 @@ class LocalStack:
         self._stopped = threading.Event()
         self._redriver: threading.Thread | None = None
         self._compactor: threading.Thread | None = None
+        self._console: Any = None
         self.durable = DurableState(self.state_dir, "us-east-1", enabled=False)
         self.restore_seconds = 0.0
         self._lock = StateDirLock(self.state_dir)
@@ -168,6 +170,11 @@ class LocalStack:
         self._start_redriver(tmpl)
         if self.config.durable:
             self._start_compactor()
+        if self.config.console_port:
+            from bhiv.console.server import start_console
+
+            self._console = start_console(self)
+            self.urls["console"] = self._console.url
         self._write_stack_file()
 
     def _start_redriver(self, tmpl: dict[str, Any]) -> None:
@@ -275,6 +282,8 @@ class LocalStack:
         self._stopped.set()
         if not self._owns_state_dir:
             return  # never started (the state dir belongs to another stack): touch nothing
+        if self._console is not None:
+            self._console.stop()
         if self._redriver is not None:
             self._redriver.join(timeout=5)
         if self._compactor is not None:

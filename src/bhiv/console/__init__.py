@@ -1,0 +1,1 @@
+"""The local stack's read-only web console (`bhiv up --console-port`)."""
