@@ -113,7 +113,9 @@ queries = st.tuples(
 )
 
 
-def _key_condition(index: str | None, comparison: str | None, s1: str, s2: str, n1: int, n2: int) -> tuple[str, dict[str, Any]]:
+def _key_condition(
+    index: str | None, comparison: str | None, s1: str, s2: str, n1: int, n2: int
+) -> tuple[str, dict[str, Any]]:
     hash_attr = "g" if index else "pk"
     range_attr = "n" if index == "by_g" else "sk"
     low: dict[str, str] = {"N": str(min(n1, n2))} if index == "by_g" else {"S": min(s1, s2)}
@@ -138,7 +140,9 @@ def _key_condition(index: str | None, comparison: str | None, s1: str, s2: str, 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=writes, query_list=st.lists(queries, min_size=1, max_size=6))
-def test_query_pages_match_moto(dynamodb: Any, writes: list[tuple[Any, ...]], query_list: list[tuple[Any, ...]]) -> None:
+def test_query_pages_match_moto(
+    dynamodb: Any, writes: list[tuple[Any, ...]], query_list: list[tuple[Any, ...]]
+) -> None:
     """Items, counts and LastEvaluatedKey of every page, after puts, updates and deletes (the
     indexes are built on the first query and kept up to date by later writes)."""
     table = _table(dynamodb)
