@@ -5,10 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from bhiv.bucket.domain import build_event, isoformat
 from bhiv.storage.events import EventQuery, EventStore
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["boto3", "fast"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through boto3 and through the local stack's fast client."""
+    return str(request.param)
 
 
 def _fill(store: EventStore, dynamodb: Any, count: int, start: int = 0) -> list[str]:

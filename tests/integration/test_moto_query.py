@@ -138,7 +138,7 @@ def _key_condition(
     return "#h = :h" + expression, {"names": names, "values": used}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=writes, query_list=st.lists(queries, min_size=1, max_size=6))
 def test_query_pages_match_moto(
     dynamodb: Any, writes: list[tuple[Any, ...]], query_list: list[tuple[Any, ...]]

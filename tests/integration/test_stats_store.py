@@ -10,6 +10,12 @@ from botocore.exceptions import ClientError
 from bhiv.storage.stats import StatsStore
 
 
+@pytest.fixture(params=["boto3", "fast"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through boto3 and through the local stack's fast client."""
+    return str(request.param)
+
+
 def _event(i: int, agent: str | None = None, event_type: str = "t") -> dict[str, Any]:
     event = {
         "event_id": f"e{i}",
