@@ -18,6 +18,7 @@ Chosen by `bhiv.storage.aws.client` when running locally (BHIV_LOCAL_FAST_CLIENT
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import uuid
 from collections.abc import Callable
@@ -69,8 +70,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+_REQUEST_IDS = itertools.count(1)
+_PROCESS_TAG = uuid.uuid4().hex[:20]
+
+
 def _metadata(status: int = 200) -> dict[str, Any]:
-    request_id = uuid.uuid4().hex
+    request_id = f"{_PROCESS_TAG}{next(_REQUEST_IDS):012d}"  # unique, without uuid4's urandom call
     return {
         "RequestId": request_id,
         "HTTPStatusCode": status,
@@ -123,7 +128,7 @@ class _Local:
         body = getattr(exc, "description", None) or json.dumps(
             {"__type": getattr(exc, "error_type", type(exc).__name__), "message": str(exc)}
         )
-        headers = {"content-type": "application/x-amz-json-1.0", "x-amzn-requestid": uuid.uuid4().hex}
+        headers = {"content-type": "application/x-amz-json-1.0", "x-amzn-requestid": _metadata()["RequestId"]}
         return self._client_error(operation, status, headers, str(body))
 
     def _result(self, operation: Any, result: dict[str, Any]) -> dict[str, Any]:
