@@ -296,6 +296,11 @@ def _window(keys: list[tuple[Any, ...]], comparison: str | None, bounds: list[An
     raise _Unsupported(comparison)
 
 
+def forget_key_indexes(table: Any) -> None:
+    """For code that fills table.items directly: the Query indexes are rebuilt on the next query."""
+    table.__dict__.pop(_INDEX_ATTR, None)
+
+
 def _fast_query(
     table: Any,
     hash_key: Any,
