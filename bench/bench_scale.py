@@ -118,7 +118,7 @@ def _caught_up(stack: RunningStack, total: int, timeout: float = 1800) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, body = reader.call("GET", "/core/stats")
-        if status == 200 and int(body.get("total_events", 0)) >= total:
+        if status == 200 and int(body["stats"]["total_events"]) >= total:
             return
         time.sleep(0.2)
     raise RuntimeError("stats consumer never caught up")
@@ -262,6 +262,10 @@ def _query_calls(client: Any) -> int:
     return sum(_SCANNED)
 
 
+def _progress(message: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _startup(state_dir: Path) -> tuple[RunningStack, float]:
     t0 = time.perf_counter()
     stack = start_stack(state_dir, timeout=600)
@@ -274,20 +278,27 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
         state = Path(tmp) / "state"
         stack, result["startup_empty_s"] = _startup(state)
         try:
+            _progress(f"filling {size:,} events")
             result["fill_rate"] = _fill(stack, 0, size)
+            _progress("waiting for the consumers")
             _caught_up(stack, size)
             result["rss_filled_mb"] = _rss_mb(stack.process.pid)
             info = json.loads((state / "stack.json").read_text())
+            _progress("reads")
             result["reads"] = _reads(stack, size, info["urls"]["aws"])
+            _progress("single ingest")
             single = _single(stack, size, single_count)
             result["single"] = single
             result["single_ratio"] = single["rate"] / baseline
             result["batch_over_single"] = result["fill_rate"] / single["rate"]
+            _progress("write -> Karma latency")
             result["karma"] = _karma_latency(stack, karma_samples, size + single_count)
+            _progress("clean stop")
         finally:
             stack.stop()
         stack, result["startup_snapshot_s"] = _startup(state)
         result["rss_after_start_mb"] = _rss_mb(stack.process.pid)
+        _progress("journal tail, then kill -9")
         # journal tail: some single writes, then kill -9 and start again
         try:
             _single(stack, size * 10, 500)

@@ -104,6 +104,7 @@ class LocalStack:
         self._owns_state_dir = True
 
         from bhiv.local import moto_patch, server, template
+        from bhiv.storage import aws
 
         os.chmod(self.state_dir, 0o700)
         attach_stack_logging(str(self.state_dir / "logs"))
@@ -134,7 +135,7 @@ class LocalStack:
             self._moto_server.start()
             self.urls["aws"] = f"http://{self.config.host}:{self.config.moto_port}"
 
-        dynamodb = boto3.client("dynamodb")
+        dynamodb = aws.client("dynamodb")  # in-process fast client: the journal replays through it too
         sqs = boto3.client("sqs")
         queue_urls = template.create_resources(dynamodb, sqs)
         started = time.monotonic()
