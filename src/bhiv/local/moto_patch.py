@@ -10,6 +10,7 @@ rolling back. Semantics kept: all-or-nothing, per-item cancellation reasons, ALL
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from bisect import bisect_left, bisect_right, insort
 from operator import itemgetter
@@ -23,6 +24,7 @@ def install() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    _cheaper_items_and_conditions()
     from moto.dynamodb.comparisons import get_filter_expression as get_condition
     from moto.dynamodb.exceptions import (
         MultipleTransactionsException,
@@ -96,6 +98,48 @@ def install() -> None:
     _forget_used_shard_iterators()
     _patch_query()
     _PATCHED = True
+
+
+def _cheaper_items_and_conditions() -> None:
+    """Two costs of every moto write that grow with nothing useful: an item's size is re-summed
+    on every attribute set while it is built (quadratic in its attributes), and the same condition
+    expression is tokenised and parsed again for every item. Same checks, same errors."""
+    import moto.dynamodb.models as models_module
+    from moto.dynamodb import comparisons
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models import table as table_module
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+    from moto.dynamodb.models.utilities import bytesize
+
+    def item_init(self: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
+        self.hash_key = hash_key
+        self.range_key = range_key
+        self.attrs = LimitedSizeDict()
+        converted = {key: DynamoType(value) for key, value in attrs.items()}
+        if sum(bytesize(key) + value.size() for key, value in converted.items()) > 405000:
+            raise ItemSizeTooLarge  # moto's limit, checked once on the whole item
+        dict.update(self.attrs, converted)
+
+    Item.__init__ = item_init  # type: ignore[method-assign]
+
+    parse = comparisons.get_filter_expression
+    parsed: dict[str, Any] = {}
+
+    def get_filter_expression(expr: str | None, names: Any, values: Any) -> Any:
+        try:
+            key = json.dumps([expr, names, values], sort_keys=True)
+        except (TypeError, ValueError):
+            return parse(expr, names, values)
+        op = parsed.get(key)
+        if op is None:
+            op = parse(expr, names, values)  # raises for a bad expression: nothing cached
+            if len(parsed) >= 4096:
+                parsed.clear()
+            parsed[key] = op
+        return op
+
+    for module in (comparisons, table_module, models_module):
+        module.get_filter_expression = get_filter_expression  # type: ignore[attr-defined]
 
 
 def _forget_used_shard_iterators() -> None:

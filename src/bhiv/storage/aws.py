@@ -38,7 +38,9 @@ def client(service: str) -> Any:
     if service in FAST_LOCAL_SERVICES and endpoint is None and fast_local_client():
         from bhiv.local import fast_client  # moto is not part of the Lambda layer
 
-        return fast_client.FastDynamoDB(boto) if service == "dynamodb" else fast_client.FastDynamoDBStreams(boto)
+        if service == "dynamodbstreams":
+            return fast_client.FastDynamoDBStreams(boto)
+        return fast_client.FastDynamoDB(boto, validate=os.environ.get("BHIV_FAST_CLIENT_VALIDATE") == "1")
     return boto
 
 
