@@ -122,24 +122,54 @@ def _cheaper_items_and_conditions() -> None:
 
     Item.__init__ = item_init  # type: ignore[method-assign]
 
-    parse = comparisons.get_filter_expression
-    parsed: dict[str, Any] = {}
+    import moto.dynamodb.responses as responses_module
 
-    def get_filter_expression(expr: str | None, names: Any, values: Any) -> Any:
+    create_parser = comparisons.create_condition_expression_parser
+    parsed: dict[str, _ParsedCondition] = {}
+
+    def create_condition_expression_parser(expr: str | None, names: Any, values: Any) -> Any:
         try:
             key = json.dumps([expr, names, values], sort_keys=True)
         except (TypeError, ValueError):
-            return parse(expr, names, values)
-        op = parsed.get(key)
-        if op is None:
-            op = parse(expr, names, values)  # raises for a bad expression: nothing cached
+            return create_parser(expr, names, values)
+        hit = parsed.get(key)
+        if hit is None:
+            parser = create_parser(expr, names, values)
+            op = parser.parse()  # raises for a bad expression: nothing cached
+            hit = _ParsedCondition(op, parser.expr_attr_names_found, parser.expr_attr_values_found)
             if len(parsed) >= 4096:
                 parsed.clear()
-            parsed[key] = op
-        return op
+            parsed[key] = hit
+        return hit
 
-    for module in (comparisons, table_module, models_module):
-        module.get_filter_expression = get_filter_expression  # type: ignore[attr-defined]
+    def get_filter_expression(expr: str | None, names: Any, values: Any) -> Any:
+        return create_condition_expression_parser(expr, names, values).parse()
+
+    for module in (comparisons, table_module, models_module, responses_module):
+        if hasattr(module, "get_filter_expression"):
+            module.get_filter_expression = get_filter_expression  # type: ignore[attr-defined]
+        if hasattr(module, "create_condition_expression_parser"):
+            module.create_condition_expression_parser = create_condition_expression_parser  # type: ignore[attr-defined]
+
+
+class _ParsedCondition:
+    """A parsed condition expression, reused: what moto's callers read from a fresh parser."""
+
+    def __init__(self, op: Any, names_found: list[str], values_found: list[str]) -> None:
+        self._op = op
+        self._names = list(names_found)
+        self._values = list(values_found)
+
+    def parse(self) -> Any:
+        return self._op
+
+    @property
+    def expr_attr_names_found(self) -> list[str]:
+        return list(self._names)  # callers extend it
+
+    @property
+    def expr_attr_values_found(self) -> list[str]:
+        return list(self._values)
 
 
 def _forget_used_shard_iterators() -> None:
