@@ -287,7 +287,11 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
             _progress("reads")
             result["reads"] = _reads(stack, size, info["urls"]["aws"])
             _progress("single ingest")
+            # the baseline right before and after, so that both see the same machine load
+            before = baseline_conditional_puts(300)
             single = _single(stack, size, single_count)
+            baseline = (before + baseline_conditional_puts(300)) / 2
+            result["baseline"] = baseline
             result["single"] = single
             result["single_ratio"] = single["rate"] / baseline
             result["batch_over_single"] = result["fill_rate"] / single["rate"]
@@ -328,7 +332,7 @@ def main() -> int:
         r = measure(size, baseline, args.single, args.karma_samples)
         results.append(r)
         s = r["single"]
-        print(f"\n== {size:,} events (load {os.getloadavg()[0]:.1f})")
+        print(f"\n== {size:,} events (load {os.getloadavg()[0]:.1f}; baseline next to it {r['baseline']:.0f} ops/s)")
         print(f"batch ingest (fill)      : {r['fill_rate']:8.0f} events/s   {r['batch_over_single']:.1f}x single")
         print(
             f"single ingest            : {s['rate']:8.0f} events/s   ratio {r['single_ratio']:.2f}"
