@@ -6,6 +6,10 @@ batch API, then measured:
 baseline  bare boto3 conditional put_item on in-process moto (a copy of EventsTable), same run
 fill      batch ingest, 100 events per request, full pipeline: events/s
 single    single-event ingest over HTTP: events/s, ratio to the baseline, p50/p99 latency
+cpu       CPU seconds the whole stack spends per event (ingest + both consumers, read from /proc),
+          against the bench process's CPU per bare put: on a shared, overloaded machine a
+          many-threaded stack gets more of the CPU than the one-thread baseline, so the wall-clock
+          ratio flatters it; the CPU ratio does not
 karma     Bucket write acknowledged -> the user's Karma visible, while a second client ingests
 reads     each read's median latency over HTTP, and its DynamoDB ScannedCount (the same query
           made by the storage adapter through the stack's moto endpoint)
@@ -70,10 +74,20 @@ def baseline_conditional_puts(count: int) -> float:
         client.create_table(**template.table_create_args("Baseline", props))
         now = datetime.now(UTC)
         items = [to_item(build_event(_event_data(i), "workflow_executor", None, now)) for i in range(count)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for item in items:
             client.put_item(TableName="Baseline", Item=item, ConditionExpression="attribute_not_exists(event_id)")
+        BASELINE_CPU.append((time.process_time() - cpu) / count)
         return count / (time.perf_counter() - started)
+
+
+BASELINE_CPU: list[float] = []  # CPU seconds per conditional put, every measurement
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Http:
@@ -279,9 +293,11 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
         stack, result["startup_empty_s"] = _startup(state)
         try:
             _progress(f"filling {size:,} events")
+            cpu = _cpu_seconds(stack.process.pid)
             result["fill_rate"] = _fill(stack, 0, size)
             _progress("waiting for the consumers")
             _caught_up(stack, size)
+            result["fill_cpu_ms"] = (_cpu_seconds(stack.process.pid) - cpu) / size * 1000
             result["rss_filled_mb"] = _rss_mb(stack.process.pid)
             info = json.loads((state / "stack.json").read_text())
             _progress("reads")
@@ -289,8 +305,12 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
             _progress("single ingest")
             # the baseline right before and after, so that both see the same machine load
             before = baseline_conditional_puts(300)
+            cpu = _cpu_seconds(stack.process.pid)
             single = _single(stack, size, single_count)
+            _caught_up(stack, size + single_count)
+            result["single_cpu_ms"] = (_cpu_seconds(stack.process.pid) - cpu) / single_count * 1000
             baseline = (before + baseline_conditional_puts(300)) / 2
+            result["baseline_cpu_ms"] = statistics.median(BASELINE_CPU) * 1000
             result["baseline"] = baseline
             result["single"] = single
             result["single_ratio"] = single["rate"] / baseline
@@ -333,6 +353,12 @@ def main() -> int:
         results.append(r)
         s = r["single"]
         print(f"\n== {size:,} events (load {os.getloadavg()[0]:.1f}; baseline next to it {r['baseline']:.0f} ops/s)")
+        base_cpu = r["baseline_cpu_ms"]
+        print(
+            f"CPU per event, whole stack: single {r['single_cpu_ms']:.2f} ms, batch {r['fill_cpu_ms']:.2f} ms;"
+            f" bare conditional put {base_cpu:.2f} ms -> CPU ratio single {base_cpu / r['single_cpu_ms']:.2f},"
+            f" batch {base_cpu / r['fill_cpu_ms']:.2f} (batch/single {r['single_cpu_ms'] / r['fill_cpu_ms']:.1f}x)"
+        )
         print(f"batch ingest (fill)      : {r['fill_rate']:8.0f} events/s   {r['batch_over_single']:.1f}x single")
         print(
             f"single ingest            : {s['rate']:8.0f} events/s   ratio {r['single_ratio']:.2f}"

@@ -51,16 +51,18 @@ WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "Tr
 
 
 def journal_write(action: str, request_json: str, write: Callable[[], T]) -> T:
-    """Run one DynamoDB write and, when it succeeds, append it to the local stack's journal, in
-    the same order and under the same lock as writes arriving over moto's HTTP API."""
+    """Run one DynamoDB write and, when it succeeds, journal it in the local stack's durable state,
+    exactly as bhiv.local.durability's hook on moto's HTTP API does (same lock, same record call),
+    so writes from this client and from tools on the moto endpoint are journaled alike."""
     from bhiv.local import durability
 
     state = getattr(durability, "_ACTIVE", None)
     if state is None or not state.enabled:
         return write()
     with durability.WRITE_LOCK:
+        before = state.stream_lengths()
         result = write()
-        state.record(action, request_json)
+        state.record(action, json.loads(request_json), before)
         return result
 
 
