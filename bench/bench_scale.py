@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,8 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import requests  # noqa: E402
+from tests.e2e import stack as e2e_stack  # noqa: E402
 from tests.e2e.stack import RunningStack, start_stack  # noqa: E402
 
 USERS = 50
@@ -280,7 +283,22 @@ def _progress(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+class _PatientRequests:
+    """requests for the start-up probe of tests/e2e/stack.py: on an overloaded machine the first
+    /health can take longer than the probe's 1 s; that means "not yet", not "failed"."""
+
+    ConnectionError = requests.ConnectionError
+
+    @staticmethod
+    def get(url: str, timeout: float) -> Any:
+        try:
+            return requests.get(url, timeout=10)
+        except requests.Timeout:
+            return types.SimpleNamespace(status_code=0)
+
+
 def _startup(state_dir: Path) -> tuple[RunningStack, float]:
+    e2e_stack.requests = _PatientRequests  # type: ignore[attr-defined,assignment]
     t0 = time.perf_counter()
     stack = start_stack(state_dir, timeout=600)
     return stack, time.perf_counter() - t0
