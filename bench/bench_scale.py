@@ -100,8 +100,13 @@ class Http:
         self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        self.conn.request(method, path, body=None if body is None else json.dumps(body), headers=self.headers)
-        response = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=None if body is None else json.dumps(body), headers=self.headers)
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.conn.close()  # the server closed an idle kept-alive connection: once more, anew
+            self.conn.request(method, path, body=None if body is None else json.dumps(body), headers=self.headers)
+            response = self.conn.getresponse()
         raw = response.read()
         return response.status, json.loads(raw) if raw else None
 
