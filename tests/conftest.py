@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from bhiv import auth
 from bhiv.bucket import runtime as bucket_runtime
 from bhiv.local import moto_patch, template
 from bhiv.storage import aws as aws_clients
+
+# Stacks started by the tests check every request of the fast local client against botocore's
+# model, as boto3 would (bhiv.local.fast_client): an adapter can never send what boto3 refuses.
+os.environ.setdefault("BHIV_FAST_CLIENT_VALIDATE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 

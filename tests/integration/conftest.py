@@ -8,11 +8,20 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from bhiv.local import moto_patch, template
+from bhiv.local import fast_client, moto_patch, template
+from bhiv.storage import aws as aws_clients
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def client_kind() -> str:
+    """Which DynamoDB client the `aws` fixture hands out. Modules that test storage adapters
+    override it with both, so the local stack's fast client (bhiv.local.fast_client) can never
+    drift from boto3: same requests accepted, same answers, same errors."""
+    return "boto3"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, client_kind: str) -> Iterator[dict[str, Any]]:
     """moto with the template's tables and queues, and the Bucket's environment."""
     for key, value in {
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -22,6 +31,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("BHIV_LOCAL_FAST_CLIENT", "1" if client_kind == "fast" else "0")
+    aws_clients.client.cache_clear()
     with mock_aws():
         moto_patch.install()
         dynamodb = boto3.client("dynamodb")
@@ -29,4 +40,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         for function in template.resources("AWS::Serverless::Function"):
             for key, value in template.function_environment(function).items():
                 monkeypatch.setenv(key, value)
-        yield {"dynamodb": dynamodb, "queues": queues, "env": dict(os.environ)}
+        if client_kind == "fast":
+            dynamodb = fast_client.FastDynamoDB(dynamodb)
+        try:
+            yield {"dynamodb": dynamodb, "queues": queues, "env": dict(os.environ)}
+        finally:
+            aws_clients.client.cache_clear()

@@ -14,6 +14,12 @@ from bhiv.storage.events import EventQuery, EventStore
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 
 
+@pytest.fixture(params=["boto3", "fast"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through boto3 and through the local stack's fast client."""
+    return str(request.param)
+
+
 def _fill(store: EventStore, dynamodb: Any, count: int, start: int = 0) -> list[str]:
     """``count`` events one second apart, written in bulk into the store's feed shards."""
     ids = []

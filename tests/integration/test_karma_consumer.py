@@ -25,6 +25,12 @@ class Log:
         pass
 
 
+@pytest.fixture(params=["boto3", "fast"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through boto3 and through the local stack's fast client."""
+    return str(request.param)
+
+
 def _events(count: int, users: int = 5, start: int = 0) -> list[StoredEvent]:
     kinds = [
         {"event_type": "workflow_execution", "status": "success"},

@@ -10,6 +10,12 @@ from botocore.exceptions import ClientError
 from bhiv.storage.stats import StatsStore
 
 
+@pytest.fixture(params=["boto3", "fast"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through boto3 and through the local stack's fast client."""
+    return str(request.param)
+
+
 def _event(i: int, agent: str | None = None, event_type: str = "t") -> dict[str, Any]:
     event = {
         "event_id": f"e{i}",
@@ -76,3 +82,22 @@ def test_groups_stay_within_the_transaction_limit(aws: dict[str, Any]) -> None:
     batch = [{**e, "event_id": f"g{i}"} for i, e in enumerate(batch)]
     assert stats.apply_batch(batch) == 60
     assert stats.totals()["agents_tracked"] == 60
+
+
+def test_two_consumers_with_their_own_caches_lose_no_count(aws: dict[str, Any]) -> None:
+    """Each process caches the counters it wrote; another process's writes make that cache stale,
+    which must cost a retry, never a count."""
+    first, second = StatsStore(aws["dynamodb"], "BucketStatsTable"), StatsStore(aws["dynamodb"], "BucketStatsTable")
+    assert first.apply_batch([_event(i, "alice", "a") for i in range(0, 5)]) == 5
+    assert second.apply_batch([_event(i, "alice", "a") for i in range(5, 12)]) == 7
+    assert first.apply_batch([_event(i, "alice" if i % 2 else "bob", "a") for i in range(10, 20)]) == 8
+    assert second.apply_batch([_event(i, "bob", "b") for i in range(18, 22)]) == 2
+    totals = first.totals()
+    assert totals["total_events"] == 22
+    assert totals["agents_tracked"] == 2
+    assert first.breakdown()["by_event_type"] == {"a": 20, "b": 2}
+    alice, bob = first.agent("alice"), first.agent("bob")
+    assert alice is not None and alice["event_count"] == 12 + 4
+    assert alice["first_event_at"] == _event(0)["received_at"]
+    assert bob is not None and bob["event_count"] == 4 + 2
+    assert bob["last_event_at"] == _event(21)["received_at"]

@@ -171,17 +171,29 @@ class DurableState:
         return dynamodb_backends[ACCOUNT][self.region]
 
     def _load_tables(self, tables: dict[str, list[dict[str, Any]]]) -> int:
+        """Put the snapshot's items straight into moto's tables: no stream records for old state,
+        and none of put_item's per-item parsing and checks (the items passed them when written)."""
+        from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+
+        from bhiv.local import moto_patch
+
         backend = self._backend()
         count = 0
         for name, items in tables.items():
             table = backend.tables[name]
-            shard, table.stream_shard = table.stream_shard, None  # no stream records for old state
-            try:
-                for attrs in items:
-                    table.put_item(attrs)
-                    count += 1
-            finally:
-                table.stream_shard = shard
+            hash_attr, range_attr = table.hash_key_attr, table.range_key_attr
+            for attrs in items:
+                item = Item.__new__(Item)
+                item.attrs = LimitedSizeDict()
+                dict.update(item.attrs, {key: DynamoType(value) for key, value in attrs.items()})
+                item.hash_key = item.attrs[hash_attr]
+                item.range_key = item.attrs[range_attr] if range_attr else None
+                if range_attr:
+                    table.items[item.hash_key][item.range_key] = item
+                else:
+                    table.items[item.hash_key] = item
+                count += 1
+            moto_patch.forget_key_indexes(table)
         return count
 
     def _restore_streams(self, streams: dict[str, Any]) -> None:

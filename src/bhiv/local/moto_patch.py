@@ -1,4 +1,5 @@
-"""Fixes to moto for a long-running local stack: a faster TransactWriteItems, bounded memory.
+"""Fixes to moto for a long-running local stack: a faster TransactWriteItems, bounded memory,
+and Query that reads only the requested partition (moto sorts the whole table on every call).
 
 moto 5.2 deep-copies a whole table for every item of a transaction so it can roll back; with a
 growing table each transaction gets slower (8 items/s at 1,000 items, measured). This version
@@ -8,7 +9,11 @@ rolling back. Semantics kept: all-or-nothing, per-item cancellation reasons, ALL
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
+from bisect import bisect_left, bisect_right, insort
+from operator import itemgetter
 from typing import Any
 
 _LOCK = threading.RLock()
@@ -19,6 +24,7 @@ def install() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    _cheaper_items_and_conditions()
     from moto.dynamodb.comparisons import get_filter_expression as get_condition
     from moto.dynamodb.exceptions import (
         MultipleTransactionsException,
@@ -90,7 +96,80 @@ def install() -> None:
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     _forget_used_shard_iterators()
+    _patch_query()
     _PATCHED = True
+
+
+def _cheaper_items_and_conditions() -> None:
+    """Two costs of every moto write that grow with nothing useful: an item's size is re-summed
+    on every attribute set while it is built (quadratic in its attributes), and the same condition
+    expression is tokenised and parsed again for every item. Same checks, same errors."""
+    import moto.dynamodb.models as models_module
+    from moto.dynamodb import comparisons
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models import table as table_module
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+    from moto.dynamodb.models.utilities import bytesize
+
+    def item_init(self: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
+        self.hash_key = hash_key
+        self.range_key = range_key
+        self.attrs = LimitedSizeDict()
+        converted = {key: DynamoType(value) for key, value in attrs.items()}
+        if sum(bytesize(key) + value.size() for key, value in converted.items()) > 405000:
+            raise ItemSizeTooLarge  # moto's limit, checked once on the whole item
+        dict.update(self.attrs, converted)
+
+    Item.__init__ = item_init  # type: ignore[method-assign]
+
+    import moto.dynamodb.responses as responses_module
+
+    create_parser = comparisons.create_condition_expression_parser
+    parsed: dict[str, _ParsedCondition] = {}
+
+    def create_condition_expression_parser(expr: str | None, names: Any, values: Any) -> Any:
+        try:
+            key = json.dumps([expr, names, values], sort_keys=True)
+        except (TypeError, ValueError):
+            return create_parser(expr, names, values)
+        hit = parsed.get(key)
+        if hit is None:
+            parser = create_parser(expr, names, values)
+            op = parser.parse()  # raises for a bad expression: nothing cached
+            hit = _ParsedCondition(op, parser.expr_attr_names_found, parser.expr_attr_values_found)
+            if len(parsed) >= 4096:
+                parsed.clear()
+            parsed[key] = hit
+        return hit
+
+    def get_filter_expression(expr: str | None, names: Any, values: Any) -> Any:
+        return create_condition_expression_parser(expr, names, values).parse()
+
+    for module in (comparisons, table_module, models_module, responses_module):
+        if hasattr(module, "get_filter_expression"):
+            module.get_filter_expression = get_filter_expression  # type: ignore[attr-defined]
+        if hasattr(module, "create_condition_expression_parser"):
+            module.create_condition_expression_parser = create_condition_expression_parser  # type: ignore[attr-defined]
+
+
+class _ParsedCondition:
+    """A parsed condition expression, reused: what moto's callers read from a fresh parser."""
+
+    def __init__(self, op: Any, names_found: list[str], values_found: list[str]) -> None:
+        self._op = op
+        self._names = list(names_found)
+        self._values = list(values_found)
+
+    def parse(self) -> Any:
+        return self._op
+
+    @property
+    def expr_attr_names_found(self) -> list[str]:
+        return list(self._names)  # callers extend it
+
+    @property
+    def expr_attr_values_found(self) -> list[str]:
+        return list(self._values)
 
 
 def _forget_used_shard_iterators() -> None:
@@ -106,3 +185,402 @@ def _forget_used_shard_iterators() -> None:
         return result
 
     DynamoDBStreamsBackend.get_records = get_records  # type: ignore[method-assign]
+
+
+# --- Query: read the requested partition only, in key order ----------------------------------
+
+_ORIGINAL_QUERY: Any = None
+_INDEX_ATTR = "_bhiv_key_indexes"
+
+
+class _Unsupported(Exception):
+    """A key shape the fast path does not cover; moto's own Query answers instead."""
+
+
+def _sortable(value: Any) -> Any:
+    """The value moto compares key attributes by (DynamoType.cast_value), for S and N keys."""
+    if value.type not in ("S", "N"):
+        raise _Unsupported(value.type)
+    return value.cast_value
+
+
+class _KeyIndex:
+    """The keys of one table or index, partition by partition, each partition kept sorted the way
+    moto orders a Query's results: (range key, then the table's keys for an index)."""
+
+    def __init__(self, hash_attr: str, range_attr: str, tie_attrs: list[str]) -> None:
+        self.hash_attr = hash_attr
+        self.range_attr = range_attr
+        self.tie_attrs = tie_attrs
+        self.partitions: dict[Any, list[tuple[Any, ...]]] = {}
+        self.items: dict[Any, dict[tuple[Any, ...], Any]] = {}
+
+    def entry(self, item: Any) -> tuple[Any, tuple[Any, ...]] | None:
+        attrs = item.attrs
+        hash_value = attrs.get(self.hash_attr)
+        range_value = attrs.get(self.range_attr)
+        if hash_value is None or range_value is None:
+            return None  # not in this index (DynamoDB indexes only items with all key attributes)
+        key = [_sortable(range_value)]
+        for attr in self.tie_attrs:
+            key.append(_sortable(attrs[attr]))
+        return (hash_value.type, _sortable(hash_value)), tuple(key)
+
+    def add(self, item: Any) -> None:
+        found = self.entry(item)
+        if found is None:
+            return
+        partition, key = found
+        items = self.items.setdefault(partition, {})
+        if key not in items:
+            insort(self.partitions.setdefault(partition, []), key)
+        items[key] = item
+
+    def remove(self, item: Any) -> None:
+        found = self.entry(item)
+        if found is None:
+            return
+        partition, key = found
+        items = self.items.get(partition)
+        if items is None or items.get(key) is not item:
+            return
+        del items[key]
+        keys = self.partitions[partition]
+        del keys[bisect_left(keys, key)]
+        if not keys:
+            del self.partitions[partition], self.items[partition]
+
+
+class _TableIndexes:
+    """Key indexes of one moto table, built on its first Query and kept current by its writes."""
+
+    def __init__(self, table: Any) -> None:
+        self.lock = threading.RLock()
+        self.table = table
+        self.by_name: dict[str | None, _KeyIndex | None] = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None  # a copied table (a backup) builds its own indexes when queried
+
+    def get(self, index_name: str | None) -> _KeyIndex | None:
+        if index_name in self.by_name:
+            return self.by_name[index_name]
+        table = self.table
+        index: _KeyIndex | None = None
+        if index_name is None:
+            if table.range_key_attr is not None:
+                index = _KeyIndex(table.hash_key_attr, table.range_key_attr, [])
+        else:
+            definition = next((i for i in table.all_indexes() if i.name == index_name), None)
+            schema = definition.schema if definition is not None else []
+            hashes = [k["AttributeName"] for k in schema if k["KeyType"] == "HASH"]
+            ranges = [k["AttributeName"] for k in schema if k["KeyType"] == "RANGE"]
+            if len(hashes) == 1 and len(ranges) == 1:
+                ties = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
+                index = _KeyIndex(hashes[0], ranges[0], ties)
+        if index is not None:
+            try:
+                for partition in table.items.values():  # not all_items(): tests count its calls
+                    for item in partition.values() if table.range_key_attr else [partition]:
+                        index.add(item)
+            except _Unsupported:
+                index = None
+        self.by_name[index_name] = index
+        return index
+
+    def replace(self, old: Any, new: Any) -> None:
+        with self.lock:
+            for name, index in list(self.by_name.items()):
+                if index is None:
+                    continue
+                try:
+                    if old is not None:
+                        index.remove(old)
+                    if new is not None:
+                        index.add(new)
+                except _Unsupported:
+                    self.by_name[name] = None
+
+    def replace_entries(self, before: list[tuple[_KeyIndex, Any, tuple[Any, ...]]], item: Any) -> None:
+        """After an in-place update: drop the entries the item had, index what it has now."""
+        with self.lock:
+            for index, partition, key in before:
+                items = index.items.get(partition)
+                if items is not None and items.get(key) is item:
+                    del items[key]
+                    keys = index.partitions[partition]
+                    del keys[bisect_left(keys, key)]
+                    if not keys:
+                        del index.partitions[partition], index.items[partition]
+            if item is not None:
+                self.replace(None, item)
+
+    def entries(self, item: Any) -> list[tuple[_KeyIndex, Any, tuple[Any, ...]]]:
+        found = []
+        with self.lock:
+            for index in self.by_name.values():
+                if index is None or item is None:
+                    continue
+                try:
+                    entry = index.entry(item)
+                except _Unsupported:
+                    continue
+                if entry is not None:
+                    found.append((index, *entry))
+        return found
+
+
+def _indexes(table: Any, create: bool = False) -> _TableIndexes | None:
+    state: _TableIndexes | None = table.__dict__.get(_INDEX_ATTR)
+    if state is None and create:
+        state = _TableIndexes(table)
+        setattr(table, _INDEX_ATTR, state)
+    return state
+
+
+_COMPARISONS = {"=": "EQ", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
+
+
+def _window(keys: list[tuple[Any, ...]], comparison: str | None, bounds: list[Any]) -> tuple[int, int]:
+    """Positions [lo, hi) of a sorted partition that can satisfy the range key condition."""
+    first = itemgetter(0)
+    if comparison is None:
+        return 0, len(keys)
+    comparison = _COMPARISONS.get(comparison.upper(), comparison.upper())
+    values = [_sortable(b) for b in bounds]
+    if comparison == "EQ":
+        return bisect_left(keys, values[0], key=first), bisect_right(keys, values[0], key=first)
+    if comparison == "LT":
+        return 0, bisect_left(keys, values[0], key=first)
+    if comparison == "LE":
+        return 0, bisect_right(keys, values[0], key=first)
+    if comparison == "GT":
+        return bisect_right(keys, values[0], key=first), len(keys)
+    if comparison == "GE":
+        return bisect_left(keys, values[0], key=first), len(keys)
+    if comparison == "BETWEEN":
+        return bisect_left(keys, values[0], key=first), bisect_right(keys, values[1], key=first)
+    if comparison == "BEGINS_WITH" and isinstance(values[0], str):
+        prefix = values[0]
+
+        def head(entry: tuple[Any, ...]) -> Any:
+            return entry[0][: len(prefix)]
+
+        return bisect_left(keys, prefix, key=first), bisect_right(keys, prefix, key=head)
+    raise _Unsupported(comparison)
+
+
+def forget_key_indexes(table: Any) -> None:
+    """For code that fills table.items directly: the Query indexes are rebuilt on the next query."""
+    table.__dict__.pop(_INDEX_ATTR, None)
+
+
+def _fast_query(
+    table: Any,
+    hash_key: Any,
+    range_comparison: str | None,
+    range_objs: list[Any],
+    limit: int | None,
+    exclusive_start_key: dict[str, Any] | None,
+    scan_index_forward: bool,
+    projection_expressions: list[list[str]] | None,
+    index_name: str | None,
+    consistent_read: bool,
+    filter_expression: Any,
+    hash_key_conditions: list[tuple[str, Any]] | None,
+    range_key_conditions: list[tuple[str, str, list[Any]]] | None,
+) -> tuple[list[Any], int, dict[str, Any] | None]:
+    """moto's Query, same answers, reading only the requested partition's page (or raising
+    _Unsupported for a shape it does not cover)."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, GlobalSecondaryIndex
+
+    if hash_key is None:
+        raise _Unsupported("no hash key")
+    definition = None
+    if index_name is not None:
+        definition = next((i for i in table.all_indexes() if i.name == index_name), None)
+        if definition is None or (consistent_read and isinstance(definition, GlobalSecondaryIndex)):
+            raise _Unsupported("moto's own validation error")
+    state = _indexes(table, create=True)
+    assert state is not None
+    with state.lock:
+        index = state.get(index_name)
+        if index is None:
+            raise _Unsupported("key schema")
+        if hash_key_conditions and [name for name, _ in hash_key_conditions] != [index.hash_attr]:
+            raise _Unsupported("hash key conditions")
+        if hash_key_conditions and hash_key_conditions[0][1] != hash_key:
+            raise _Unsupported("hash key conditions")
+        if range_key_conditions and (
+            len(range_key_conditions) != 1
+            or range_key_conditions[0][0] != index.range_attr
+            or range_key_conditions[0][1] != range_comparison
+        ):
+            raise _Unsupported("range key conditions")
+        partition = (hash_key.type, _sortable(hash_key))
+        keys = index.partitions.get(partition, [])
+        by_key = index.items.get(partition, {})
+        lo, hi = _window(keys, range_comparison, range_objs)
+        start, end = 0, len(keys)
+        if exclusive_start_key is not None:
+            attrs = [index.range_attr, *index.tie_attrs]
+            if index.hash_attr not in exclusive_start_key or any(a not in exclusive_start_key for a in attrs):
+                raise _Unsupported("partial start key")
+            if DynamoType(exclusive_start_key[index.hash_attr]) != hash_key:
+                raise _Unsupported("start key from another partition")
+            probe = tuple(_sortable(DynamoType(exclusive_start_key[a])) for a in attrs)
+            if scan_index_forward:
+                start = bisect_right(keys, probe)
+            else:
+                end = bisect_left(keys, probe)
+        if scan_index_forward:
+            window = range(max(lo, start), min(hi, end))
+            remaining = range(max(hi, start), end)
+        else:
+            window = range(min(hi, end) - 1, max(lo, start) - 1, -1)
+            remaining = range(min(lo, end) - 1, start - 1, -1)
+        results: list[Any] = []
+        result_size = 0
+        last_evaluated_key = None
+        for position in window:
+            item = by_key[keys[position]]
+            if (limit is not None and len(results) == limit) or result_size + item.size() > RESULT_SIZE_LIMIT:
+                last_evaluated_key = table._get_last_evaluated_key(results[-1], index_name)
+                break
+            if range_comparison and not item.attrs[index.range_attr].compare(range_comparison, range_objs):
+                continue
+            results.append(item)
+            result_size += item.size()
+        else:
+            # moto reports a LastEvaluatedKey when the limit is reached and the partition goes on
+            for position in remaining:
+                item = by_key[keys[position]]
+                if (limit is not None and len(results) == limit) or result_size + item.size() > RESULT_SIZE_LIMIT:
+                    last_evaluated_key = table._get_last_evaluated_key(results[-1], index_name)
+                    break
+                if result_size + 400_000 <= RESULT_SIZE_LIMIT:
+                    break  # no item (at most 400 KB) can reach the size limit now
+    scanned_count = len(results)
+    results = copy.deepcopy(results)
+    if definition is not None:
+        results = [definition.project(r) for r in results]
+    if filter_expression is not None:
+        results = [item for item in results if filter_expression.expr(item)]
+    if projection_expressions:
+        results = [r.project(projection_expressions) for r in results]
+    return results, scanned_count, last_evaluated_key
+
+
+def original_query() -> Any:
+    """moto's own Table.query (for tests that compare the two)."""
+    return _ORIGINAL_QUERY
+
+
+def _patch_query() -> None:
+    global _ORIGINAL_QUERY
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
+
+    original = _ORIGINAL_QUERY = Table.query
+
+    def query(
+        self: Any,
+        hash_key: Any,
+        range_comparison: str | None,
+        range_objs: list[Any],
+        limit: int,
+        exclusive_start_key: dict[str, Any],
+        scan_index_forward: bool,
+        projection_expressions: list[list[str]] | None,
+        index_name: str | None = None,
+        consistent_read: bool = False,
+        filter_expression: Any = None,
+        hash_key_conditions: list[tuple[str, Any]] | None = None,
+        range_key_conditions: list[tuple[str, str, list[Any]]] | None = None,
+        **filter_kwargs: Any,
+    ) -> tuple[list[Any], int, dict[str, Any] | None]:
+        if not filter_kwargs:
+            try:
+                return _fast_query(
+                    self,
+                    hash_key,
+                    range_comparison,
+                    range_objs,
+                    limit,
+                    exclusive_start_key,
+                    scan_index_forward,
+                    projection_expressions,
+                    index_name,
+                    consistent_read,
+                    filter_expression,
+                    hash_key_conditions,
+                    range_key_conditions,
+                )
+            except _Unsupported:
+                pass
+        return original(  # type: ignore[no-any-return]
+            self,
+            hash_key,
+            range_comparison,
+            range_objs,
+            limit,
+            exclusive_start_key,
+            scan_index_forward,
+            projection_expressions,
+            index_name,
+            consistent_read,
+            filter_expression,
+            hash_key_conditions=hash_key_conditions,
+            range_key_conditions=range_key_conditions,
+            **filter_kwargs,
+        )
+
+    original_put = Table.put_item
+    original_delete = Table.delete_item
+    original_update = DynamoDBBackend.update_item
+
+    def put_item(self: Any, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        state = _indexes(self)
+        if state is None:
+            return original_put(self, item_attrs, *args, **kwargs)
+        with state.lock:
+            old = _current(self, item_attrs)
+            new = original_put(self, item_attrs, *args, **kwargs)
+            state.replace(old, new)
+            return new
+
+    def delete_item(self: Any, hash_key: Any, range_key: Any) -> Any:
+        state = _indexes(self)
+        if state is None:
+            return original_delete(self, hash_key, range_key)
+        with state.lock:
+            item = original_delete(self, hash_key, range_key)
+            state.replace(item, None)
+            return item
+
+    def update_item(self: Any, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        table = self.get_table(table_name)
+        state = _indexes(table)
+        if state is None:
+            return original_update(self, table_name, key, *args, **kwargs)
+        with state.lock:
+            before = state.entries(_current(table, key))
+            item = original_update(self, table_name, key, *args, **kwargs)
+            state.replace_entries(before, item)
+            return item
+
+    def _current(table: Any, attrs: dict[str, Any]) -> Any:
+        try:
+            hash_value = DynamoType(attrs[table.hash_key_attr])
+            if table.range_key_attr is None:
+                return table.get_item(hash_value)
+            return table.get_item(hash_value, DynamoType(attrs[table.range_key_attr]))
+        except Exception:
+            return None
+
+    Table.query = query  # type: ignore[method-assign]
+    Table.put_item = put_item  # type: ignore[method-assign]
+    Table.delete_item = delete_item  # type: ignore[method-assign]
+    DynamoDBBackend.update_item = update_item  # type: ignore[method-assign]

@@ -106,6 +106,7 @@ class LocalStack:
         self._owns_state_dir = True
 
         from bhiv.local import moto_patch, server, template
+        from bhiv.storage import aws
 
         os.chmod(self.state_dir, 0o700)
         attach_stack_logging(str(self.state_dir / "logs"))
@@ -116,6 +117,7 @@ class LocalStack:
             "BHIV_AUTH_DISABLED": "0" if self.config.auth else "1",
             "BHIV_LOG_DIR": str(self.state_dir / "logs"),
             "BHIV_LOCAL": "1",
+            "BHIV_LOCAL_FAST_CLIENT": "1",  # DynamoDB and its streams in-process, without HTTP plumbing
             "BUCKET_URL": self.config.executor_bucket_url or f"http://{self.config.host}:{self.config.bucket_port}",
             **self.config.extra_env,
         }
@@ -135,7 +137,7 @@ class LocalStack:
             self._moto_server.start()
             self.urls["aws"] = f"http://{self.config.host}:{self.config.moto_port}"
 
-        dynamodb = boto3.client("dynamodb")
+        dynamodb = aws.client("dynamodb")  # in-process fast client: the journal replays through it too
         sqs = boto3.client("sqs")
         queue_urls = template.create_resources(dynamodb, sqs)
         started = time.monotonic()
@@ -230,13 +232,11 @@ class LocalStack:
         return horizons
 
     def _start_pollers(self, dynamodb: Any, sqs: Any, queue_urls: dict[str, str], tmpl: dict[str, Any]) -> None:
-        import boto3
-        from botocore.config import Config
-
         from bhiv.local import server, template
         from bhiv.local.streams import StreamPoller
+        from bhiv.storage import aws
 
-        streams = boto3.client("dynamodbstreams", config=Config(account_id_endpoint_mode="disabled"))
+        streams = aws.client("dynamodbstreams")  # the fast in-process reader (bhiv.local.fast_client)
         checkpoints = self.durable.checkpoint_dir()
         checkpoints.mkdir(parents=True, exist_ok=True)
         for mapping in template.stream_mappings(tmpl):

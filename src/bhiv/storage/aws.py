@@ -21,10 +21,27 @@ def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+FAST_LOCAL_SERVICES = ("dynamodb", "dynamodbstreams")
+
+
+def fast_local_client() -> bool:
+    """Whether DynamoDB calls go straight to the moto embedded in this process
+    (bhiv.local.fast_client) instead of through botocore and moto's HTTP layer: set
+    BHIV_LOCAL_FAST_CLIENT=1 (the local stack does; the cloud never does)."""
+    return os.environ.get("BHIV_LOCAL_FAST_CLIENT") == "1"
+
+
 @cache
 def client(service: str) -> Any:
     endpoint = os.environ.get("BHIV_AWS_ENDPOINT_URL") or None
-    return boto3.client(service, region_name=region(), endpoint_url=endpoint, config=_CONFIG)
+    boto = boto3.client(service, region_name=region(), endpoint_url=endpoint, config=_CONFIG)
+    if service in FAST_LOCAL_SERVICES and endpoint is None and fast_local_client():
+        from bhiv.local import fast_client  # moto is not part of the Lambda layer
+
+        if service == "dynamodbstreams":
+            return fast_client.FastDynamoDBStreams(boto)
+        return fast_client.FastDynamoDB(boto, validate=os.environ.get("BHIV_FAST_CLIENT_VALIDATE") == "1")
+    return boto
 
 
 def table_name(env_var: str) -> str:

@@ -1,7 +1,11 @@
 """The Bucket's aggregates, maintained from the events stream with exactly-once effect.
 
-Events are counted in transactions: a marker per event (condition: absent) plus the counter
-updates, so a re-delivered record changes nothing and a crash never half-counts one.
+Events are counted in transactions: a marker per event (condition: absent) plus each touched
+counter written once per group as a whole item, conditional on the version this process last saw
+(or on its absence). A re-delivered record finds its marker and changes nothing; a crash never
+half-counts one; a second consumer, or a stale cache, cancels the transaction and the group is
+retried after one read of the markers and counters involved. Whole-item puts instead of ADD
+updates: an update expression costs several times a conditional put (moto measured 6x).
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from bhiv.storage.aws import batch_get
 from bhiv.storage.events import storage_errors
 
 MARKER_TTL_SECONDS = 2 * 24 * 3600  # longer than the stream's 24 h retention
+CACHE_LIMIT = 100_000  # counters remembered between batches (agents are the many)
+
+Key = tuple[str, str]
 
 
 class StatsStore:
     def __init__(self, client: Any, table: str) -> None:
         self._client = client
         self._table = table
-        self._known_agents: set[str] = set()  # agents this process has seen stored
+        # counters as last written or read by this process; None: known to be absent
+        self._cache: dict[Key, dict[str, Any] | None] = {}
 
     def _key(self, pk: str, sk: str) -> dict[str, dict[str, str]]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
@@ -34,8 +42,8 @@ class StatsStore:
     def apply_batch(self, events: list[dict[str, Any]]) -> int:
         """Count stored events, each exactly once; returns how many were new.
 
-        One transaction per group: a marker per event (condition: absent) plus the counters
-        summed over the group, so a batch costs a few writes instead of five per event."""
+        One transaction per group: a marker per event (condition: absent) plus every touched
+        counter once, so a batch costs about one write per event plus one per counter."""
         unique = list({e["event_id"]: e for e in events}.values())
         counted = 0
         start = 0
@@ -46,14 +54,19 @@ class StatsStore:
         return counted
 
     @staticmethod
-    def _group(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _counter_keys(event: dict[str, Any]) -> set[Key]:
+        keys = {("event_type", event["event_type"]), ("requester", event["requester_id"])}
+        if event.get("agent_key"):
+            keys.add(("agent", event["agent_key"]))
+        return keys
+
+    @classmethod
+    def _group(cls, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The longest prefix whose transaction stays within DynamoDB's 100 items."""
-        keys: set[tuple[str, str]] = set()
+        keys: set[Key] = set()
         group: list[dict[str, Any]] = []
         for event in events:
-            new = {("event_type", event["event_type"]), ("requester", event["requester_id"])}
-            if event.get("agent_key"):
-                new.add(("agent", event["agent_key"]))
+            new = cls._counter_keys(event)
             if len(group) + 1 + len(keys | new) + 1 > 100:
                 break
             keys |= new
@@ -61,14 +74,14 @@ class StatsStore:
         return group
 
     def _apply_group(self, group: list[dict[str, Any]]) -> int:
-        # Optimistic first: no reads, agents assumed as remembered. A cancelled transaction
-        # (an event counted before, an agent unknown to this process) is followed by a look.
-        fresh, known = group, self._known_agents
+        # Optimistic first: no reads, counters as cached (unknown ones assumed absent). A cancelled
+        # transaction (an event counted before, a counter changed elsewhere) is followed by a look.
+        fresh = group
         for _ in range(8):
-            agents = sorted({e["agent_key"] for e in fresh if e.get("agent_key")})
+            items, written = self._items(fresh)
             try:
-                self._client.transact_write_items(TransactItems=self._items(fresh, agents, known))
-                self._remember(agents)
+                self._client.transact_write_items(TransactItems=items)
+                self._remember(written)
                 return len(fresh)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
@@ -77,17 +90,24 @@ class StatsStore:
             fresh = [e for e in group if e["event_id"] not in applied]
             if not fresh:
                 return 0
-            agents = sorted({e["agent_key"] for e in fresh if e.get("agent_key")})
-            known = self._existing("agent", agents)
-            self._remember(sorted(known))
+            self._refresh(sorted({("totals", "all")} | {k for e in fresh for k in self._counter_keys(e)}))
         raise RuntimeError("could not count a group of events after retries")
 
-    def _remember(self, agents: list[str]) -> None:
-        if len(self._known_agents) + len(agents) > 100_000:
-            self._known_agents.clear()
-        self._known_agents.update(agents)
+    def _remember(self, written: dict[Key, dict[str, Any]]) -> None:
+        if len(self._cache) + len(written) > CACHE_LIMIT:
+            self._cache.clear()
+        self._cache.update(written)
 
-    def _items(self, fresh: list[dict[str, Any]], agents: list[str], known: set[str]) -> list[dict[str, Any]]:
+    def _refresh(self, keys: list[Key]) -> None:
+        found = {
+            (item["pk"]["S"], item["sk"]["S"]): item
+            for item in batch_get(self._client, self._table, [self._key(pk, sk) for pk, sk in keys])
+        }
+        self._remember({})
+        for key in keys:
+            self._cache[key] = found.get(key)
+
+    def _items(self, fresh: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[Key, dict[str, Any]]]:
         expires = {"N": str(int(time.time()) + MARKER_TTL_SECONDS)}
         items: list[dict[str, Any]] = [
             {
@@ -99,52 +119,44 @@ class StatsStore:
             }
             for e in fresh
         ]
-        latest = max(e["received_at"] for e in fresh)
-        new_agents = [a for a in agents if a not in known]
-        items.append(self._update("totals", "all", len(fresh), latest, {"agents_tracked": len(new_agents)}))
-        for pk, field in (("event_type", "event_type"), ("requester", "requester_id")):
-            counts: dict[str, list[str]] = {}
-            for e in fresh:
-                counts.setdefault(e[field], []).append(e["received_at"])
-            items += [self._update(pk, sk, len(times), max(times)) for sk, times in counts.items()]
-        for agent in agents:
-            times = [e["received_at"] for e in fresh if e.get("agent_key") == agent]
-            if agent in known:
-                update = self._update("agent", agent, len(times), max(times))
-                update["Update"]["ConditionExpression"] = "attribute_exists(pk)"
-                items.append(update)
-            else:
-                items.append(
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                            "Item": {
-                                **self._key("agent", agent),
-                                "event_count": {"N": str(len(times))},
-                                "first_event_at": {"S": min(times)},
-                                "last_event_at": {"S": max(times)},
-                            },
-                        }
-                    }
-                )
-        return items
+        times: dict[Key, list[str]] = {}
+        for event in fresh:
+            for key in self._counter_keys(event):
+                times.setdefault(key, []).append(event["received_at"])
+        new_agents = sum(1 for key in times if key[0] == "agent" and self._cache.get(key) is None)
+        written: dict[Key, dict[str, Any]] = {}
+        total_times = [e["received_at"] for e in fresh]
+        for key, seen in [(("totals", "all"), total_times), *sorted(times.items())]:
+            extra = {"agents_tracked": new_agents} if key == ("totals", "all") else {}
+            put, item = self._counter_put(key, seen, extra)
+            items.append(put)
+            written[key] = item
+        return items, written
 
-    def _update(self, pk: str, sk: str, count: int, latest: str, extra: dict[str, int] | None = None) -> dict[str, Any]:
-        adds = {"event_count": count, **(extra or {})}
-        names = {f"#a{i}": name for i, name in enumerate(adds)}
-        values: dict[str, Any] = {f":a{i}": {"N": str(n)} for i, n in enumerate(adds.values())}
-        values[":ts"] = {"S": latest}
-        adds_expr = ", ".join(f"#a{i} :a{i}" for i in range(len(adds)))
-        return {
-            "Update": {
-                "TableName": self._table,
-                "Key": self._key(pk, sk),
-                "UpdateExpression": f"ADD {adds_expr} SET last_event_at = :ts",
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-            }
-        }
+    def _counter_put(self, key: Key, seen: list[str], extra: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The counter's new item (its cached state plus these events) and the versioned put."""
+        old = self._cache.get(key)
+        item: dict[str, Any] = dict(old) if old else self._key(*key)
+        count = int(item.get("event_count", {}).get("N", "0")) + len(seen)
+        item["event_count"] = {"N": str(count)}
+        for name, add in extra.items():
+            item[name] = {"N": str(int(item.get(name, {}).get("N", "0")) + add)}
+        latest = max(seen)
+        item["last_event_at"] = {"S": max(latest, item.get("last_event_at", {}).get("S", ""))}
+        if key[0] == "agent":
+            first = item.get("first_event_at", {}).get("S")
+            item["first_event_at"] = {"S": min(seen) if first is None else min(first, min(seen))}
+        version = old.get("version", {}).get("N") if old else None
+        item["version"] = {"N": str(int(version or 0) + 1)}
+        put: dict[str, Any] = {"TableName": self._table, "Item": item}
+        if old is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        elif version is None:  # written before counters carried a version
+            put["ConditionExpression"] = "attribute_exists(pk) AND attribute_not_exists(version)"
+        else:
+            put["ConditionExpression"] = "version = :v"
+            put["ExpressionAttributeValues"] = {":v": {"N": version}}
+        return {"Put": put}, item
 
     def _existing(self, pk: str, sks: list[str]) -> set[str]:
         keys = [self._key(pk, sk) for sk in sks]
