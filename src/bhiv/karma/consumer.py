@@ -151,7 +151,7 @@ class KarmaConsumer:
             outcomes.append(
                 Outcome(
                     event.event_id,
-                    "applied",
+                    "capped" if result.capped else "applied",
                     user_id,
                     result.history_entry(event.event_id, event.event_type, event.received_at),
                     event.received_at,
@@ -215,7 +215,16 @@ class KarmaConsumer:
         if q_write is not None:
             self._qtable = q_write[0]
         for outcome in outcomes:
-            if outcome.status == "applied" and outcome.history:
+            if outcome.status == "capped" and outcome.history:
+                self._log.info(
+                    "Karma capped event",
+                    event_id=outcome.event_id,
+                    user_id=outcome.user_id,
+                    action=outcome.history["action"],
+                    reason="over the action's daily cap (policy.yaml): recorded, not applied",
+                    trace_id=outcome.trace_id,
+                )
+            elif outcome.status == "applied" and outcome.history:
                 self._log.info(
                     "Karma applied event",
                     event_id=outcome.event_id,

@@ -97,6 +97,7 @@ class KarmaService:
             "balances": {token: _number(user.balances.get(token, 0.0)) for token in TOKENS},
             "action_stats": user.action_stats,
             "events_applied": user.events_applied,
+            "capped_stats": user.capped_stats,
             "recommended_actions": recommendations(self._policy, qtable, user.role),
             "policy_version": self._policy.version,
             "last_updated": user.last_updated,
@@ -138,6 +139,7 @@ class KarmaService:
             "users_total": sum(counters.get(f"users:{role}", 0) for role in self._policy.states),
             "events": {
                 "applied": counters.get("applied", 0),
+                "capped": counters.get("capped", 0),
                 "ignored": counters.get("ignored", 0),
                 "failed": counters.get("failed", 0),
             },
