@@ -33,7 +33,7 @@ def health() -> Response:
 @view
 def execute() -> Response:
     principal = runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")
-    runtime.auth().throttle(principal)
+    runtime.auth().throttle(principal, "workflows:execute")
     body = parse_json_body(raw_body(app), MAX_BODY_BYTES)
     status, result, headers = runtime.service().execute(principal.requester_id, body)
     return json_response(status, result, headers)

@@ -54,7 +54,7 @@ def system_stats() -> Response:
 @view
 def direct_event() -> Response:
     principal = runtime.auth().authenticate(header(app, "authorization"), "karma:write")
-    runtime.auth().throttle(principal)
+    runtime.auth().throttle(principal, "karma:write")
     body = parse_json_body(raw_body(app), MAX_BODY_BYTES)
     return json_response(202, runtime.service().record_direct_event(body))
 

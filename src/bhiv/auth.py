@@ -87,10 +87,10 @@ class Authenticator:
         self.auth_disabled = auth_disabled
         self._limiter = limiter
 
-    def throttle(self, principal: Principal, cost: int = 1) -> None:
-        """Spend the principal's write/execute budget (429 TooManyRequests when it is empty)."""
+    def throttle(self, principal: Principal, scope: str, cost: int = 1) -> None:
+        """Spend the principal's budget for `scope` (429 TooManyRequests when it is empty)."""
         if self._limiter is not None:
-            self._limiter.take(principal.requester_id, cost)
+            self._limiter.take(principal.requester_id, cost, operation=scope)
 
     def authenticate(self, authorization: str | None, scope: str) -> Principal:
         """The caller behind the Authorization header, if it holds `scope` (401/403 otherwise)."""

@@ -1,7 +1,7 @@
 """Per-requester token buckets for writes and workflow executions (429 with Retry-After).
 
-Each requester has a bucket of `burst` tokens refilled at `per_second`; a write takes one token
-(a batch one per event). The buckets live in the function's memory: locally that is one limit
+Each requester has a bucket of `burst` tokens refilled at `per_second` per kind of operation (its
+scope: Bucket writes, Karma events, executions); a write takes one token (a batch one per event). The buckets live in the function's memory: locally that is one limit
 per service, in the cloud one per Lambda container, so API Gateway's method throttling
 (template.yaml) is the limit that holds there. See docs/security.md.
 """
@@ -50,26 +50,28 @@ class RateLimiter:
         self._limits = limits
         self._default = default
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # requester -> (tokens, at)
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (requester, operation) -> (tokens, at)
         self._lock = threading.Lock()
 
     def limit_for(self, requester_id: str) -> Limit | None:
         return self._limits.get(requester_id, self._default)
 
-    def take(self, requester_id: str, cost: int = 1) -> None:
-        """Spend `cost` tokens of the requester's bucket, or raise TooManyRequests (429)."""
+    def take(self, requester_id: str, cost: int = 1, operation: str = "") -> None:
+        """Spend `cost` tokens of the requester's bucket for `operation` (each kind of write has its
+        own: Bucket writes, Karma events, executions), or raise TooManyRequests (429)."""
         limit = self.limit_for(requester_id)
         if limit is None:
             return
         cost = max(1, min(cost, limit.burst))  # a batch larger than the burst waits for a full bucket
         with self._lock:
             now = self._clock()
-            tokens, at = self._buckets.get(requester_id, (float(limit.burst), now))
+            key = (requester_id, operation)
+            tokens, at = self._buckets.get(key, (float(limit.burst), now))
             tokens = min(float(limit.burst), tokens + (now - at) * limit.per_second)
             if tokens >= cost:
-                self._buckets[requester_id] = (tokens - cost, now)
+                self._buckets[key] = (tokens - cost, now)
                 return
-            self._buckets[requester_id] = (tokens, now)
+            self._buckets[key] = (tokens, now)
         retry_after = max(1, math.ceil((cost - tokens) / limit.per_second))
         raise TooManyRequests(
             f"Requester '{requester_id}' is over its rate limit ({limit.per_second:g}/s, burst {limit.burst}); "
