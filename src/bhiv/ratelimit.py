@@ -1,9 +1,10 @@
 """Per-requester token buckets for writes and workflow executions (429 with Retry-After).
 
-Each requester has a bucket of `burst` tokens refilled at `per_second` per kind of operation (its
-scope: Bucket writes, Karma events, executions); a write takes one token (a batch one per event). The buckets live in the function's memory: locally that is one limit
-per service, in the cloud one per Lambda container, so API Gateway's method throttling
-(template.yaml) is the limit that holds there. See docs/security.md.
+Each requester has, per kind of operation (its scope: Bucket writes, Karma events, executions), a
+bucket of `burst` tokens refilled at `per_second`; a write takes one token, a batch one per event.
+The buckets live in the function's memory: locally one per service, in the cloud one per Lambda
+container, so API Gateway's method throttling (template.yaml) is the limit that holds there.
+See docs/security.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ know how those are read, so they are refused.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 _DATE_TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z", re.ASCII
@@ -24,7 +24,7 @@ def parse(text: str) -> datetime | None:
     fraction = match.group(7)
     micro = int((fraction[1:] + "000000")[:6]) if fraction else 0
     if match.group(8):
-        zone = timezone.utc
+        zone = UTC
     else:
         off_h, off_m = int(match.group(10)), int(match.group(11))
         if off_h > 23 or off_m > 59:

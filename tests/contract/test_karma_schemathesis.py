@@ -290,7 +290,7 @@ def test_the_seed_is_applied(karma_env: KarmaEnv) -> None:
     user = runtime.service().karma("user-1")
     assert user["events_applied"] == 5
     assert runtime.service().karma("user-seva")["role"] == "seva"
-    assert runtime.service().system_stats()["events"] == {"applied": 8, "ignored": 1, "failed": 0}
+    assert runtime.service().system_stats()["events"] == {"applied": 8, "capped": 0, "ignored": 1, "failed": 0}
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,8 @@ from bhiv.errors import TooManyRequests
 from bhiv.executor.delivery import BucketClient
 from bhiv.local import template
 from bhiv.ratelimit import Limit, RateLimiter
-from tests.fake_bucket import FakeBucket
 from tests.conftest import MotoEnv
+from tests.fake_bucket import FakeBucket
 from tests.security.conftest import Api, clear_services, envelope, task_workflow, write_event
 
 ROOT = Path(__file__).resolve().parents[2]
