@@ -12,10 +12,8 @@ import pytest
 import yaml
 
 from bhiv.auth import load_requesters
-from bhiv.errors import TooManyRequests
 from bhiv.executor.delivery import BucketClient
 from bhiv.local import template
-from bhiv.ratelimit import Limit, RateLimiter
 from tests.conftest import MotoEnv
 from tests.fake_bucket import FakeBucket
 from tests.security.conftest import Api, clear_services, envelope, task_workflow, write_event
@@ -91,6 +89,9 @@ def test_bucket_limiting_the_executor_leaves_its_event_in_the_outbox(fake_bucket
 
 
 def test_token_bucket_refills_at_its_rate() -> None:
+    from bhiv.errors import TooManyRequests
+    from bhiv.ratelimit import Limit, RateLimiter
+
     now = [0.0]
     limiter = RateLimiter({"a": Limit(2.0, 2)}, None, clock=lambda: now[0])
     limiter.take("a")
@@ -104,6 +105,8 @@ def test_token_bucket_refills_at_its_rate() -> None:
 
 
 def test_every_requester_is_limited_by_default() -> None:
+    from bhiv.ratelimit import Limit
+
     doc = yaml.safe_load((ROOT / "src" / "bhiv" / "requesters.yaml").read_text(encoding="utf-8"))
     default = Limit.parse(doc["rate_limits"]["default"], "default")
     assert default is not None
@@ -123,6 +126,8 @@ SPECS = {"BucketApi": "bucket", "KarmaApi": "karma", "ExecutorApi": "executor"}
 
 
 def _summed_limits(scope: str) -> tuple[float, int]:
+    from bhiv.ratelimit import Limit
+
     doc = yaml.safe_load((ROOT / "src" / "bhiv" / "requesters.yaml").read_text(encoding="utf-8"))
     rate, burst = 0.0, 0
     for requester, scopes in load_requesters(str(ROOT / "src" / "bhiv" / "requesters.yaml")).items():

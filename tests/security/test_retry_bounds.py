@@ -7,13 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from bhiv.executor.engine import run_plan
-from bhiv.executor.plan import RetryPolicy, build_plan, retry_budget_s
+from bhiv.executor.plan import build_plan
 from bhiv.local import template
 from tests.security.conftest import Api, envelope, task_workflow
 from tests.unit.test_executor_engine import Flaky
 
 
 def test_a_retry_policy_beyond_the_timeout_is_422(executor: Api) -> None:
+    from bhiv.executor.plan import retry_budget_s
+
     body = task_workflow("retry-1", retry={"max_attempts": 10, "interval_seconds": 60, "backoff_rate": 10})
     response = executor.request("POST", "/api/workflow/execute", body=body)
     assert response.status_code == 422, response.body
@@ -32,12 +34,16 @@ def test_many_steps_whose_waits_add_up_past_the_timeout_are_422(executor: Api) -
 
 
 def test_the_budget_follows_the_function_timeout_in_the_template() -> None:
+    from bhiv.executor.plan import retry_budget_s
+
     function = template.load_template()["Resources"]["ExecutorFunction"]["Properties"]
     assert float(function["Environment"]["Variables"]["EXECUTOR_FUNCTION_TIMEOUT_S"]) == float(function["Timeout"])
     assert 0 < retry_budget_s() < float(function["Timeout"])
 
 
 def test_default_retries_fit() -> None:
+    from bhiv.executor.plan import RetryPolicy, retry_budget_s
+
     body: dict[str, Any] = task_workflow("retry-3")
     body["data"]["payload"] = {"steps": [{"action_type": "flaky", "title": "t"}] * 10}
     build_plan(body, "retry-3", {"flaky": Flaky()})  # type: ignore[dict-item]
