@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: install run test lint typecheck unit contract bench package clean
+.PHONY: install run test lint typecheck unit contract chaos bench package clean
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -32,6 +32,11 @@ test: install lint typecheck
 # Schemathesis CLI against the three live services of a freshly started stack (auth on)
 contract: install
 	$(BIN)/python scripts/contract.py
+
+# Fault injection against bhiv up subprocesses: kill -9 cycles, startup bursts, a torn journal tail,
+# a second start, a faulty Bucket behind the Executor; exits non-zero on any loss (docs/reliability.md)
+chaos: install
+	$(BIN)/python -m tests.chaos.harness --cycles 4
 
 bench: install
 	$(BIN)/python bench/bench_bucket.py

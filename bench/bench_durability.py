@@ -6,7 +6,12 @@ startup   seconds from `bhiv up` to a healthy Bucket: with an empty state dir, a
 journal   single-event ingest over HTTP with the journal on vs. `--ephemeral`, same run: the ratio
           is the cost of durability
 
+restart   after `kill -9` with N events written over HTTP (consumers caught up): restart time against
+          a clean start of the same state, the journal writes replayed, and the stream records
+          delivered again after the restart (must be 0)
+
 Usage: .venv/bin/python bench/bench_durability.py [--events 100000] [--ingest 500] [--journal-startup]
+       .venv/bin/python bench/bench_durability.py --kill-restart 10000
 """
 
 from __future__ import annotations
@@ -94,6 +99,74 @@ def ingest_rate(count: int, *extra: str) -> float:
             stack.stop()
 
 
+def _log_records(output: str, message: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{") and f'"{message}"' in line]
+
+
+def kill_restart(count: int) -> int:
+    import signal
+
+    import requests
+
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state"
+        stack = start_stack(state)
+        session = requests.Session()
+        session.headers.update(stack.auth("workflow_executor"))
+        for start in range(0, count, 100):
+            events = [
+                {
+                    "event_id": f"kr-{i:07d}",
+                    "event_data": {
+                        "event_type": "life_event",
+                        "user_id": f"u{i % 50}",
+                        "action": "completing_lessons",
+                        "role": "learner",
+                    },
+                }
+                for i in range(start, min(count, start + 100))
+            ]
+            response = session.post(
+                f"{stack.bucket_url}/core/write-events",
+                json={"requester_id": "workflow_executor", "events": events},
+                timeout=60,
+            )
+            assert response.status_code in (200, 201), response.text
+        reader = stack.auth("bhiv_reader")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            stats = requests.get(f"{stack.karma_url}/v1/stats/system", headers=reader, timeout=30).json()
+            total = requests.get(f"{stack.bucket_url}/core/stats", headers=reader, timeout=30).json()
+            if stats["events"]["applied"] >= count and total["stats"]["total_events"] >= count:
+                break
+            time.sleep(0.5)
+        stack.stop(signal.SIGKILL)
+
+        started = time.perf_counter()
+        after_kill = start_stack(state, timeout=1800)
+        kill_seconds = time.perf_counter() - started
+        (restored,) = _log_records(after_kill.output(), "State restored")
+        after_kill.stop(timeout=600)
+        redelivered = sum(
+            int(str(r["records_handled"])) for r in _log_records(after_kill.output(), "Stream mapping stopped")
+        )
+
+        started = time.perf_counter()
+        clean = start_stack(state, timeout=1800)
+        clean_seconds = time.perf_counter() - started
+        clean.stop(timeout=600)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"{count} events written, consumers caught up, then kill -9")
+    print(
+        f"restart after kill -9     : {kill_seconds:6.1f} s  (snapshot items {restored['snapshot_items']}, "
+        f"journal writes replayed {restored['journal_writes']})"
+    )
+    print(f"clean start, same state   : {clean_seconds:6.1f} s")
+    print(f"ratio kill / clean        : {kill_seconds / clean_seconds:6.2f}  (target <= 2)")
+    print(f"stream records delivered again after the kill: {redelivered}  (target 0)")
+    return 0
+
+
 def main() -> int:
     # measures the services, not the per-requester limiter (src/bhiv/requesters.yaml); the stack inherits it
     os.environ["BHIV_RATE_LIMITS"] = "off"
@@ -101,7 +174,10 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--ingest", type=int, default=500)
     parser.add_argument("--journal-startup", action="store_true", help="also time a journal-only restart")
+    parser.add_argument("--kill-restart", type=int, default=0, help="time a restart after kill -9 at N events")
     args = parser.parse_args()
+    if args.kill_restart:
+        return kill_restart(args.kill_restart)
     with tempfile.TemporaryDirectory() as tmp:
         empty = startup_seconds(Path(tmp) / "empty")
         write_snapshot(Path(tmp) / "full", args.events)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -14,6 +13,7 @@ class FakeBucket:
         self.mode = "ok"  # ok | reject | error | hang | throttle
         self.received: list[dict[str, Any]] = []
         self.stored: dict[str, dict[str, Any]] = {}
+        self.release = threading.Event()  # ends a hang: the held request is then stored and answered
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,8 +38,7 @@ class FakeBucket:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if fake.mode == "hang":
-                    time.sleep(3)
-                    return self._send(503, {"success": False})
+                    fake.release.wait(120)
                 fake.received.append({"body": body, "authorization": self.headers.get("Authorization")})
                 if fake.mode == "reject":
                     return self._send(403, {"success": False, "error": {"code": "forbidden", "message": "nope"}})
@@ -60,5 +59,6 @@ class FakeBucket:
         self._thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Response
 
 from bhiv.bucket import runtime
 from bhiv.bucket.domain import MAX_BATCH_BYTES
 from bhiv.bucket.service import MAX_SINGLE_BODY_BYTES
+from bhiv.chalice_app import RequestLocalChalice
 from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, query_params, raw_body
 from bhiv.validation import parse_json_body
 
-app = Chalice(app_name="bhiv-bucket")
+app = RequestLocalChalice(app_name="bhiv-bucket")
 view = api_view(app, runtime.logger)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Response
 
+from bhiv.chalice_app import RequestLocalChalice
 from bhiv.httpapi import ALL_CONTENT_TYPES, api_view, header, json_response, query_params, raw_body
 from bhiv.karma import runtime
 from bhiv.validation import parse_json_body
 
-app = Chalice(app_name="bhiv-karma")
+app = RequestLocalChalice(app_name="bhiv-karma")
 view = api_view(app, runtime.logger)
 MAX_BODY_BYTES = 16 * 1024
 

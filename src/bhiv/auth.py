@@ -111,6 +111,15 @@ class Authenticator:
             )
         return Principal(requester_id, scopes)
 
+    def authenticate_any(self, authorization: str | None) -> Principal:
+        """The caller behind the Authorization header, whatever its scopes (401 without a valid token)."""
+        if self.auth_disabled:
+            return Principal("anonymous", ALL_SCOPES, authenticated=False)
+        requester_id = self._match(_bearer_token(authorization))
+        if requester_id is None:
+            raise Unauthorized("Invalid or unknown bearer token", code="invalid_token")
+        return Principal(requester_id, self._requesters.get(requester_id, frozenset()))
+
     def requester_for_write(self, principal: Principal, claimed: str) -> str:
         """The requester a write is recorded under: always the token's owner."""
         if principal.authenticated:

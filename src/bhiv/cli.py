@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--ephemeral", action="store_true", help="keep state in memory only (no journal): everything is gone at stop"
     )
+    up.add_argument(
+        "--compact-every",
+        type=int,
+        default=5000,
+        help="fold the journal into the snapshot every N writes while running (bounds restart time; default 5000)",
+    )
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 
     dlq = sub.add_parser("dlq", help="records that exhausted their stream retries")
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from bhiv.local.stack import LocalStack, StackConfig
+    from bhiv.local.statelock import StateDirInUse
 
     config = StackConfig(
         state_dir=args.state_dir,
@@ -159,10 +166,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         durable=not args.ephemeral,
         moto_port=args.moto_port,
         auth=not args.no_auth,
+        compact_every=max(1, args.compact_every),
     )
     stack = LocalStack(config)
     try:
         stack.start()
+    except StateDirInUse as exc:
+        print(f"bhiv up: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"bhiv up: cannot start: {exc} (is another stack running on these ports?)", file=sys.stderr)
         stack.stop()
@@ -401,12 +412,13 @@ def cmd_reset(args: argparse.Namespace) -> int:
     import shutil
 
     from bhiv.local.stack import read_stack_file
+    from bhiv.local.statelock import holder
 
     state_dir: Path = args.state_dir
     if not state_dir.exists():
         print(f"{state_dir} does not exist; nothing to reset")
         return 0
-    if read_stack_file(state_dir):
+    if read_stack_file(state_dir) or holder(state_dir):
         print(f"bhiv: a stack is running on {state_dir}; stop it first (Ctrl-C)", file=sys.stderr)
         return 1
     if not args.yes:

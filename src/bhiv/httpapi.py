@@ -38,9 +38,10 @@ def api_view(app: Chalice, logger: Logger) -> Callable[[Callable[..., Response]]
         def wrapper(*args: Any, **kwargs: Any) -> Response:
             request = app.current_request
             trace_id = (request.headers or {}).get("x-trace-id") if request is not None else None
-            logger.remove_keys(["trace_id"])
+            # per thread: the local servers run requests side by side
+            logger.thread_safe_remove_keys(["trace_id"])
             if trace_id:
-                logger.append_keys(trace_id=trace_id)
+                logger.thread_safe_append_keys(trace_id=trace_id)
             try:
                 if request is not None and authenticator_from_env().auth_disabled:
                     guard_unauthenticated(request.method, request.headers or {})

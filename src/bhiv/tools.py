@@ -138,15 +138,9 @@ def _stream_lag(info: dict[str, Any], state_dir: Path) -> dict[str, int | str]:
     arn = dynamodb.describe_table(TableName="EventsTable")["Table"]["LatestStreamArn"]
     shards = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
     lags: dict[str, int | str] = {}
-    generations = sorted((state_dir / "checkpoints").glob("g*"), key=lambda p: int(p.name[1:]))
-    checkpoint_dir = generations[-1] if generations else None
-    for path in sorted(checkpoint_dir.glob("*.json")) if checkpoint_dir else []:
-        saved = json.loads(path.read_text(encoding="utf-8")).get("streams", {})
-        positions = (
-            {shard_id: entry.get("sequence_number") for entry in saved.values() for shard_id, entry in entry.items()}
-            if saved
-            else {}
-        )
+    for path in sorted((state_dir / "checkpoints").glob("*.json")):
+        saved = json.loads(path.read_text(encoding="utf-8")).get("tables", {})
+        positions = {shard_id: entry.get("sequence_number") for shard_id, entry in saved.get("EventsTable", {}).items()}
         total = 0
         for shard in shards:
             seq = positions.get(shard["ShardId"])

@@ -92,7 +92,6 @@ def test_bucket_down_while_50_workflows_run_then_back_all_arrive_once(tmp_path: 
             responses = list(pool.map(lambda t: _execute(stack, t, "u-outage"), traces))
         assert all(r.status_code == 200 for r in responses)
         assert {r.json()["delivery_state"] for r in responses} == {"queued"}
-        assert all(r.elapsed.total_seconds() < 3 for r in responses)
         proxy.up()
         for trace in traces:
             poll_until(lambda t=trace: _events_for(stack, t), lambda events: len(events) >= 1, timeout=60)

@@ -234,7 +234,7 @@ def test_records_older_than_the_maximum_age_go_to_the_dlq_without_an_invocation(
     aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = _write(aws["dynamodb"], 3)
-    monkeypatch.setattr(streams, "_wall_clock", lambda: time.time() + 3601)
+    monkeypatch.setattr(streams.lambda_shapes, "wall_clock", lambda: time.time() + 3601)
     handler = Recorder()
     poller = _poller(aws, tmp_path / "cp.json", handler)
     assert poller.poll_once() == 3
@@ -256,8 +256,8 @@ def test_checkpoints_survive_a_restart(aws: dict[str, Any], tmp_path: Path) -> N
     _wait_for(lambda: first.succeeded == ids)
     poller.stop()
     saved = json.loads(path.read_text(encoding="utf-8"))
-    ((arn, shards),) = saved["streams"].items()
-    assert arn == aws["dynamodb"].describe_table(TableName="EventsTable")["Table"]["LatestStreamArn"]
+    ((table, shards),) = saved["tables"].items()
+    assert table == "EventsTable"  # not the stream ARN, which moto relabels at every start
     ((_, entry),) = shards.items()
     assert entry["sequence_number"] == first.events[-1]["Records"][-1]["dynamodb"]["SequenceNumber"]
     assert [p.name for p in path.parent.iterdir()] == ["checkpoints.json"]  # no temporary files left
@@ -315,7 +315,7 @@ def test_a_stale_moto_iterator_is_refreshed(
 ) -> None:
     from moto.dynamodb.models import dynamodb_backends
 
-    monkeypatch.setattr(streams, "IDLE_ITERATOR_REFRESH_S", 0.0)
+    monkeypatch.setattr(streams.poller, "IDLE_ITERATOR_REFRESH_S", 0.0)
     handler = Recorder()
     poller = _poller(aws, tmp_path / "cp.json", handler)
     ids = _write(aws["dynamodb"], 2)
@@ -419,7 +419,7 @@ def test_a_parent_shard_is_drained_before_its_child(aws: dict[str, Any], tmp_pat
     assert poller.poll_once() == 9
     assert handler.succeeded == [f"e{100 + i}" for i in range(5)] + [f"e{200 + i}" for i in range(4)]
     assert [len(b) for b in handler.batches] == [3, 2, 3, 1]  # a batch never spans shards
-    shards = json.loads(path.read_text(encoding="utf-8"))["streams"][fake.ARN]
+    shards = json.loads(path.read_text(encoding="utf-8"))["tables"]["EventsTable"]
     assert shards["shardId-00000000000000000001-aaaaaaaa"]["finished"] is True
     assert shards["shardId-00000000000000000002-bbbbbbbb"] == {
         **shards["shardId-00000000000000000002-bbbbbbbb"],

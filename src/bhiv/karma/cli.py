@@ -99,7 +99,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     import boto3
 
     from bhiv.karma.consumer import StoredEvent
-    from bhiv.karma.rebuild import replay
+    from bhiv.karma.rebuild import application_order, replay
     from bhiv.local.stack import _aws_env
     from bhiv.storage.events import EventQuery, EventStore
     from bhiv.storage.karma import KarmaStore, user_to_item
@@ -124,7 +124,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             if not start:
                 return
 
-    rebuilt = replay(policy, log_events())
+    rebuilt = replay(policy, application_order(log_events(), karma_store.applied_order()))
     live = karma_store.users(list(rebuilt.users))
     differing = [
         u

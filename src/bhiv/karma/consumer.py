@@ -204,11 +204,19 @@ class KarmaConsumer:
                 role_changes[f"users:{before.role}"] = role_changes.get(f"users:{before.role}", 0) - 1
                 role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
         q_write = None
-        if any(o.status == "applied" for o in outcomes):
+        # capped events take part in the order too: which event is over a cap depends on it
+        if any(o.status in ("applied", "capped") for o in outcomes):
             q_write = (
                 replace(qtable, version=(stored_q.version + 1) if stored_q else 1),
                 stored_q.version if stored_q else None,
             )
+            # The order Karma applied events in: Q-table writes are serialised by their version,
+            # so (version written, place in the group) is a total order, whatever the shards.
+            # `bhiv karma rebuild` replays in this order (Q-learning depends on it).
+            applied = [o for o in outcomes if o.status in ("applied", "capped") and o.history is not None]
+            for place, outcome in enumerate(applied):
+                assert outcome.history is not None
+                outcome.history["applied_order"] = [q_write[0].version, place]
         self._store.commit(outcomes, writes, q_write, self._policy.version, role_changes)
         for user_id, (state, _) in writes.items():
             self._users[user_id] = state

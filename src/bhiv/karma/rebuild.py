@@ -21,6 +21,30 @@ class Replayed:
     rejected: list[str] = field(default_factory=list)
 
 
+def application_order(events: Iterable[StoredEvent], recorded: dict[str, tuple[int, int]]) -> list[StoredEvent]:
+    """The events in the order Karma applied them (its recorded order); the rest (ignored, not yet
+    applied, or applied before the order was recorded) by their place in the log. Q-learning
+    depends on order, and with several stream shards the recorded order is the only reproducible one.
+    """
+    unique = list({event.event_id: event for event in events}.values())
+    position = {event.event_id: index for index, event in enumerate(unique)}
+
+    def key(event: StoredEvent) -> tuple[int, int, int, int]:
+        place = recorded.get(event.event_id)
+        if place is None:
+            return (1, position[event.event_id], 0, 0)
+        return (0, place[0], place[1], position[event.event_id])
+
+    legacy = [event for event in unique if event.event_id not in recorded]
+    if recorded and legacy:
+        # events applied before orders were recorded came first: keep them first, in log order
+        first_recorded = min(position[e] for e in recorded if e in position) if recorded else 0
+        early = [event for event in legacy if position[event.event_id] < first_recorded]
+        late = [event for event in legacy if position[event.event_id] >= first_recorded]
+        return early + sorted((e for e in unique if e.event_id in recorded), key=key) + late
+    return sorted(unique, key=key)
+
+
 def replay(policy: Policy, events: Iterable[StoredEvent]) -> Replayed:
     result = Replayed(qtable=QTable.new(policy))
     qtable = result.qtable

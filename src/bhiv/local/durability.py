@@ -6,15 +6,20 @@ Design (see docs/local-state.md):
   appended to `<state-dir>/journal.jsonl` and flushed to the OS before the response goes back, under
   one lock with the write itself so journal order is apply order. A `kill -9` loses nothing that was
   acknowledged (set BHIV_JOURNAL_FSYNC=1 to survive a power cut too, at a cost).
-* Start-up: load the snapshot (if any) straight into moto's tables without stream records, then
-  replay the journal's writes of the snapshot's generation through moto's own API. moto numbers
-  stream records from a fixed start in write order, so the replay recreates the same records
-  with the same sequence numbers and the stream pollers' checkpoints stay valid: nothing is
-  delivered twice and nothing is skipped.
-* Clean shutdown: once every stream consumer has caught up, the tables are compacted into a new
-  snapshot (generation + 1); the journal restarts empty and the new generation's checkpoints start
-  at the (fresh, empty) stream's horizon. A crash at any point leaves a consistent pair: journal
-  lines carry their generation and are replayed only on top of the matching snapshot.
+* Stream sequence numbers are continuous for the life of the state dir: a snapshot records, per
+  table, the next sequence number and the stream records some consumer has not checkpointed yet
+  (the tail). Start-up loads the items without stream records, puts the tail back with its own
+  sequence numbers, and replays the journal through moto's API, which numbers the new records
+  exactly as the crashed process did. The pollers' checkpoints (keyed by table and shard) stay
+  valid across restarts and compactions: nothing is delivered twice, nothing is skipped.
+* Compaction folds the journal into a new snapshot (generation + 1), at a clean stop and while
+  running every `COMPACT_EVERY` writes, so a restart after `kill -9` replays only the writes since
+  the last compaction. It never waits for consumers (their unread tail goes into the snapshot) and
+  holds the write lock only while it copies the tables. Journal lines carry their generation; a
+  start replays the lines of the snapshot's generation and later, so a crash at any point of a
+  compaction leaves a consistent state.
+* A line cut short by a kill (the torn tail) was never acknowledged: start-up truncates it, so the
+  next line starts clean.
 * SQS queues (the DLQs, the reminder queue) hold few messages: their contents are rewritten to
   `<state-dir>/queues.json` (atomically) after every change.
 """
@@ -23,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +43,18 @@ SQS_CHANGES = frozenset({"SendMessage", "SendMessageBatch", "DeleteMessage", "De
 ACCOUNT = "123456789012"
 
 WRITE_LOCK = threading.RLock()
+STREAM_LOCK = threading.Lock()  # a stream read never sees a tail half trimmed by a compaction
+
+log = logging.getLogger("bhiv.local.durability")
 
 
 def _atomic_write(path: Path, data: str) -> None:
+    _atomic_write_bytes(path, data.encode("utf-8"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -67,39 +81,77 @@ class DurableState:
         self._replaying = False
         self.replayed = 0
         self.loaded_items = 0
+        self.truncated_bytes = 0
+        self.writes_since_compaction = 0
+        self.compactions = 0
 
     # --- start-up ---------------------------------------------------------------------------
 
     def checkpoint_dir(self) -> Path:
-        return self.dir / "checkpoints" / f"g{self.generation}"
+        return self.dir / "checkpoints"
 
-    def restore(self, dynamodb: Any, sqs: Any) -> None:
+    def restore(self, dynamodb: Any, sqs: Any, progress: Callable[[str], None] | None = None) -> None:
         """Snapshot, then the journal tail, into the (already created, empty) moto tables."""
+        streams: dict[str, Any] = {}
         if self.snapshot_path.exists():
             snapshot = json.loads(self.snapshot_path.read_text(encoding="utf-8"))
             self.generation = int(snapshot["generation"])
             self.loaded_items = self._load_tables(snapshot["tables"])
+            streams = snapshot.get("streams") or {}
+        self._restore_streams(streams)
+        for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
+            shutil.rmtree(legacy, ignore_errors=True)
         self._replaying = True
         try:
             for record in self._journal_records():
-                if record.get("g") != self.generation:
+                if int(record.get("g", -1)) < self.generation:
                     continue  # written before the snapshot it is older than
                 dynamodb._make_api_call(record["a"], json.loads(record["b"]))
                 self.replayed += 1
+                self.writes_since_compaction += 1
+                if progress is not None and self.replayed % 5000 == 0:
+                    progress(f"replayed {self.replayed} journal writes")
         finally:
             self._replaying = False
         if self.queues_path.exists():
             self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))
-        self._journal = open(self.journal_path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
+        self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
 
     def _journal_records(self) -> Iterator[dict[str, Any]]:
+        """The journal's lines. A torn tail (a write cut short by a kill, never acknowledged) is cut
+        off the file, so the next append starts a clean line."""
         if not self.journal_path.exists():
             return
-        with open(self.journal_path, encoding="utf-8") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    return  # a write cut short by a kill: never acknowledged
-                yield json.loads(line)
+        with open(self.journal_path, "rb") as handle:
+            lines = handle.readlines()
+        good_end = 0  # offset just after the last whole, readable line
+        offset = 0
+        for line in lines:
+            offset += len(line)
+            record = _parse_line(line) if line.endswith(b"\n") else None
+            if record is None and line.endswith(b"\n"):
+                # A torn line that a later append completed (journals written before torn tails
+                # were truncated): the acknowledged write is the last whole record in it.
+                record = _salvage(line)
+                log.warning(
+                    "Journal line salvaged" if record else "Journal line unreadable; skipped",
+                    extra={"journal": str(self.journal_path), "offset": offset - len(line)},
+                )
+            if record is None:
+                continue
+            good_end = offset
+            yield record
+        size = offset
+        if size > good_end:
+            with open(self.journal_path, "r+b") as handle:
+                handle.truncate(good_end)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.truncated_bytes = size - good_end
+            log.warning(
+                "Journal tail truncated",
+                extra={"journal": str(self.journal_path), "offset": good_end, "bytes": size - good_end},
+            )
 
     def _backend(self) -> Any:
         from moto.dynamodb.models import dynamodb_backends
@@ -120,6 +172,18 @@ class DurableState:
                 table.stream_shard = shard
         return count
 
+    def _restore_streams(self, streams: dict[str, Any]) -> None:
+        """Each table's stream continues where the snapshot left it: the unconsumed tail with its
+        own sequence numbers, and new records numbered after it."""
+        for name, table in self._backend().tables.items():
+            shard = table.stream_shard
+            saved = streams.get(name)
+            if shard is None or not saved:
+                continue
+            tail = [_RestoredRecord(record) for record in saved.get("records", [])]
+            shard.items = tail
+            shard.starting_sequence_number = int(saved["next_sequence"]) - len(tail)
+
     @staticmethod
     def _load_queues(sqs: Any, queues: dict[str, list[dict[str, Any]]]) -> None:
         for name, messages in queues.items():
@@ -135,10 +199,12 @@ class DurableState:
     def record(self, action: str, body: str) -> None:
         if self._replaying or self._journal is None:
             return
-        self._journal.write(json.dumps({"g": self.generation, "a": action, "b": body}) + "\n")
+        line = json.dumps({"g": self.generation, "a": action, "b": body}) + "\n"
+        self._journal.write(line.encode("utf-8"))
         self._journal.flush()
         if self.fsync:
             os.fsync(self._journal.fileno())
+        self.writes_since_compaction += 1
 
     def save_queues(self) -> None:
         if self._replaying or self._journal is None:
@@ -153,31 +219,107 @@ class DurableState:
 
     # --- clean shutdown -----------------------------------------------------------------------
 
-    def compact(self) -> bool:
-        """Fold the journal into a new snapshot. Call only when every stream consumer is caught up."""
-        with WRITE_LOCK:
+    def compact(self, horizons: dict[str, int | None] | None = None) -> None:
+        """Fold the journal into a new snapshot; safe while the stack runs.
+
+        `horizons`: per table, the lowest sequence number every consumer of its stream has
+        checkpointed (None: some consumer has none yet). Records after it are kept in the snapshot
+        and in memory; older ones are dropped from moto's stream (bounded memory).
+        """
+        horizons = horizons or {}
+        with WRITE_LOCK:  # a consistent cut: no write between the copy and the generation switch
             backend = self._backend()
             tables = {
                 name: [item.to_json()["Attributes"] for item in table.all_items()]
                 for name, table in backend.tables.items()
             }
+            streams = {
+                name: self._trim_stream(table.stream_shard, horizons.get(name))
+                for name, table in backend.tables.items()
+                if table.stream_shard is not None
+            }
             generation = self.generation + 1
-            _atomic_write(
-                self.snapshot_path, json.dumps({"generation": generation, "created_at": time.time(), "tables": tables})
-            )
-            if self._journal is not None:
-                self._journal.close()
-            _atomic_write(self.journal_path, "")
-            self._journal = None
-            old_checkpoints = self.checkpoint_dir()
             self.generation = generation
-        shutil.rmtree(old_checkpoints, ignore_errors=True)  # the new generation's stream starts empty
-        return True
+            cut = 0
+            if self._journal is not None:
+                self._journal.flush()
+                cut = self._journal.tell()
+            self.writes_since_compaction = 0
+        # Writes go on meanwhile, journaled as the new generation after `cut`.
+        _atomic_write(
+            self.snapshot_path,
+            json.dumps(
+                {
+                    "version": 2,
+                    "generation": generation,
+                    "created_at": time.time(),
+                    "tables": tables,
+                    "streams": streams,
+                },
+                default=_json_default,
+            ),
+        )
+        with WRITE_LOCK:  # drop the lines the snapshot now holds
+            if self._journal is not None:
+                self._journal.flush()
+                with open(self.journal_path, "rb") as handle:
+                    handle.seek(cut)
+                    newer = handle.read()
+                self._journal.close()
+                _atomic_write_bytes(self.journal_path, newer)
+                self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
+            else:
+                _atomic_write_bytes(self.journal_path, b"")
+        self.compactions += 1
+
+    @staticmethod
+    def _trim_stream(shard: Any, horizon: int | None) -> dict[str, Any]:
+        next_sequence = int(shard.starting_sequence_number) + len(shard.items)
+        keep_from = 0
+        if horizon is not None:
+            keep_from = max(0, min(len(shard.items), horizon + 1 - int(shard.starting_sequence_number)))
+        with STREAM_LOCK:
+            kept = shard.items[keep_from:]
+            shard.items = kept
+            shard.starting_sequence_number = next_sequence - len(kept)
+        return {"next_sequence": next_sequence, "records": [record.to_json() for record in kept]}
 
     def close(self) -> None:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+
+class _RestoredRecord:
+    """A stream record put back from a snapshot: what moto's StreamShard.get needs of one."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        created = record.get("dynamodb", {}).get("ApproximateCreationDateTime")
+        if isinstance(created, int | float):
+            record["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromtimestamp(created, UTC)
+        self.record = record
+
+    def to_json(self) -> dict[str, Any]:
+        return self.record
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "a" in record and "b" in record else None
+
+
+def _salvage(line: bytes) -> dict[str, Any] | None:
+    start = line.rfind(b'{"g": ')
+    return _parse_line(line[start:]) if start > 0 else None
 
 
 def _request_json(body: Any) -> str:
@@ -239,4 +381,14 @@ def _install_hook() -> None:
         return original(self)
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+    from moto.dynamodb.models.table import StreamShard
+
+    read_shard = StreamShard.get
+
+    def get(self: Any, start: int, quantity: int) -> Any:
+        with STREAM_LOCK:
+            return read_shard(self, start, quantity)
+
+    StreamShard.get = get  # type: ignore[method-assign]
     _HOOKED = True

@@ -14,6 +14,8 @@ from typing import Any
 
 from bhiv.auth import load_requesters, new_token
 from bhiv.local.durability import DurableState, activate
+from bhiv.local.statelock import StateDirLock, holder
+from bhiv.logs import attach_stack_logging
 
 log = logging.getLogger("bhiv.local")
 
@@ -24,6 +26,7 @@ HTTP_FUNCTIONS = {
     "ExecutorFunction": ("executor_port", "executor"),
 }
 REDRIVE_INTERVAL_S = 1.0
+COMPACT_CHECK_S = 1.0
 
 
 @dataclass
@@ -38,6 +41,7 @@ class StackConfig:
     host: str = "127.0.0.1"
     poll_interval_s: float = 0.05
     durable: bool = True  # journal + snapshot in the state dir; False: in memory only (benchmarks)
+    compact_every: int = 5000  # journal writes between compactions while running (bounds restart time)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -82,8 +86,11 @@ class LocalStack:
         self._pollers: list[Any] = []
         self._stopped = threading.Event()
         self._redriver: threading.Thread | None = None
+        self._compactor: threading.Thread | None = None
         self.durable = DurableState(self.state_dir, "us-east-1", enabled=False)
         self.restore_seconds = 0.0
+        self._lock = StateDirLock(self.state_dir)
+        self._owns_state_dir = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -91,10 +98,15 @@ class LocalStack:
         import boto3
         from moto import mock_aws
 
+        # Before anything in the state dir is read or written: a second stack on the same dir
+        # would truncate the running one's journal (raises StateDirInUse, touching nothing).
+        self._lock.acquire(self._lock_info())
+        self._owns_state_dir = True
+
         from bhiv.local import moto_patch, server, template
 
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
+        attach_stack_logging(str(self.state_dir / "logs"))
         ensure_credentials(self.state_dir)
         env = {
             **_aws_env(),
@@ -130,6 +142,16 @@ class LocalStack:
             self.durable.restore(dynamodb, sqs)
             activate(self.durable)
         self.restore_seconds = time.monotonic() - started
+        if self.config.durable:
+            log.info(
+                "State restored",
+                extra={
+                    "snapshot_items": self.durable.loaded_items,
+                    "journal_writes": self.durable.replayed,
+                    "generation": self.durable.generation,
+                    "seconds": round(self.restore_seconds, 3),
+                },
+            )
         tmpl = template.load_template()
         for function in template.resources("AWS::Serverless::Function", tmpl):
             os.environ.update(template.function_environment(function, tmpl))
@@ -144,6 +166,8 @@ class LocalStack:
 
         self._start_pollers(dynamodb, sqs, queue_urls, tmpl)
         self._start_redriver(tmpl)
+        if self.config.durable:
+            self._start_compactor()
         self._write_stack_file()
 
     def _start_redriver(self, tmpl: dict[str, Any]) -> None:
@@ -162,6 +186,37 @@ class LocalStack:
 
         self._redriver = threading.Thread(target=loop, name="outbox-redriver", daemon=True)
         self._redriver.start()
+
+    def _start_compactor(self) -> None:
+        """Fold the journal into a snapshot every `compact_every` writes, so a restart after a crash
+        replays a bounded journal however long the stack has run."""
+
+        def loop() -> None:
+            while not self._stopped.wait(COMPACT_CHECK_S):
+                if self.durable.writes_since_compaction < self.config.compact_every:
+                    continue
+                try:
+                    self.durable.compact(self.stream_horizons())
+                    log.info("State compacted", extra={"generation": self.durable.generation})
+                except Exception:
+                    log.exception("compaction failed; the journal is kept")
+
+        self._compactor = threading.Thread(target=loop, name="compactor", daemon=True)
+        self._compactor.start()
+
+    def stream_horizons(self) -> dict[str, int | None]:
+        """Per table: the lowest sequence number all of its stream's consumers have checkpointed."""
+        horizons: dict[str, int | None] = {}
+        for poller in self._pollers:
+            table = poller.mapping.table
+            positions = list(poller.checkpoints.positions(table).values())
+            position = min((int(p) for p in positions if p), default=None) if positions and all(positions) else None
+            if table not in horizons:
+                horizons[table] = position
+            else:
+                current = horizons[table]
+                horizons[table] = None if current is None or position is None else min(current, position)
+        return horizons
 
     def _start_pollers(self, dynamodb: Any, sqs: Any, queue_urls: dict[str, str], tmpl: dict[str, Any]) -> None:
         import boto3
@@ -187,6 +242,17 @@ class LocalStack:
             )
             poller.start()
             self._pollers.append(poller)
+            log.info(
+                "Stream mapping started",
+                extra={
+                    "function": mapping.function,
+                    "table": mapping.table,
+                    "resume_after": poller.checkpoints.positions(mapping.table) or None,
+                },
+            )
+
+    def _lock_info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "urls": self.urls, "auth": self.config.auth, "started_at": time.time()}
 
     def _write_stack_file(self) -> None:
         info = {
@@ -195,6 +261,7 @@ class LocalStack:
             "auth": self.config.auth,
             "credentials": str(self.credentials_path),
         }
+        self._lock.update(self._lock_info())
         (self.state_dir / "stack.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
@@ -202,18 +269,31 @@ class LocalStack:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if not self._owns_state_dir:
+            return  # never started (the state dir belongs to another stack): touch nothing
         if self._redriver is not None:
             self._redriver.join(timeout=5)
+        if self._compactor is not None:
+            self._compactor.join(timeout=60)
         for app_server in self._servers:
             app_server.stop()
         for poller in self._pollers:
             poller.stop()
         drained = self._drain(drain_timeout_s)
+        for poller in self._pollers:
+            log.info(
+                "Stream mapping stopped",
+                extra={
+                    "function": poller.mapping.function,
+                    "table": poller.mapping.table,
+                    "records_handled": poller.records_handled,
+                    "records_failed": poller.records_failed,
+                },
+            )
         if self._mock is not None and self.config.durable:
-            if drained:
-                self.durable.compact()
-            else:
-                log.warning("stream consumers did not catch up; keeping the journal instead of compacting")
+            if not drained:
+                log.warning("stream consumers did not catch up; their unread records are kept in the snapshot")
+            self.durable.compact(self.stream_horizons())
         self.durable.close()
         activate(None)
         if self._moto_server is not None:
@@ -221,6 +301,8 @@ class LocalStack:
         if self._mock is not None:
             self._mock.stop()
         (self.state_dir / "stack.json").unlink(missing_ok=True)
+        self._lock.release()
+        self._owns_state_dir = False
 
     def _drain(self, timeout_s: float) -> bool:
         """Deliver what the stream still holds (synchronously); True when nothing is left."""
@@ -240,8 +322,10 @@ class LocalStack:
 
 
 def read_stack_file(state_dir: Path) -> dict[str, Any] | None:
+    """The running stack's addresses; None when no live process holds the state dir (a stack.json
+    left behind by `kill -9` is stale)."""
     path = state_dir / "stack.json"
-    if not path.exists():
+    if not path.exists() or holder(state_dir) is None:
         return None
     info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return info

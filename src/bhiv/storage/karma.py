@@ -144,6 +144,29 @@ class KarmaStore:
         last = resp.get("LastEvaluatedKey")
         return entries, (last["sk"]["S"] if last else None)
 
+    @storage_errors
+    def applied_order(self) -> dict[str, tuple[int, int]]:
+        """{event id: (Q-table version written, place in its group)} for every applied event.
+
+        A full scan: for `bhiv karma rebuild`, never on a request path."""
+        order: dict[str, tuple[int, int]] = {}
+        params: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "begins_with(sk, :h)",
+            "ExpressionAttributeValues": {":h": {"S": "h#"}},
+            "ProjectionExpression": "entry",
+        }
+        while True:
+            page = self._client.scan(**params)
+            for item in page.get("Items", []):
+                entry = json.loads(item["entry"]["S"]) if "entry" in item else {}
+                place = entry.get("applied_order")
+                if isinstance(place, list) and len(place) == 2:
+                    order[str(entry["event_id"])] = (int(place[0]), int(place[1]))
+            if "LastEvaluatedKey" not in page:
+                return order
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
         resp = self._client.get_item(TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True)
         item: dict[str, Any] | None = resp.get("Item")

@@ -1,0 +1,54 @@
+"""A Chalice app whose per-request state belongs to the thread serving the request.
+
+Chalice keeps `current_request` and `lambda_context` as plain attributes of the app. In Lambda a
+container serves one request at a time, so that is harmless; a threaded HTTP server (`bhiv up`,
+`chalice local`) runs requests side by side, and one view would read another request's headers
+and body (measured: writes answered with another request's event id, ARCHITECTURE.md 5). Here
+both attributes live in a `threading.local`, so every request sees only its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from chalice import Chalice
+
+_PER_REQUEST = ("current_request", "lambda_context")
+
+
+class _RequestLocal(threading.local):
+    current_request: Any = None
+    lambda_context: Any = None
+
+
+class RequestLocalChalice(Chalice):
+    """`Chalice` with `current_request` and `lambda_context` kept per thread."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _PER_REQUEST:
+            return getattr(_state(self), name)
+        return super().__getattribute__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PER_REQUEST:
+            setattr(_state(self), name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+def _state(app: Chalice) -> _RequestLocal:
+    state: _RequestLocal | None = app.__dict__.get("_bhiv_request_local")
+    if state is None:
+        state = app.__dict__.setdefault("_bhiv_request_local", _RequestLocal())
+    return state
+
+
+def make_request_local(app: Chalice) -> Chalice:
+    """Turn an existing Chalice app into a RequestLocalChalice in place (idempotent)."""
+    if not isinstance(app, RequestLocalChalice):
+        values = {name: app.__dict__.pop(name, None) for name in _PER_REQUEST}
+        app.__class__ = type("RequestLocal" + type(app).__name__, (RequestLocalChalice, type(app)), {})
+        for name, value in values.items():
+            setattr(app, name, value)
+    return app

@@ -1,0 +1,99 @@
+"""Where each stream consumer has got to: checkpoints in a JSON file, replaced atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from bhiv.local.streams import lambda_shapes
+from bhiv.local.streams.lambda_shapes import _iso
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+class Checkpoints:
+    """{table name: {shard id: {"sequence_number", "finished"}}} in one JSON file, replaced atomically.
+
+    Keyed by table, not by stream ARN: moto labels a stream with its table's creation time, new at
+    every start, and the local stack keeps a table's stream sequence numbers continuous across
+    restarts and compactions (bhiv.local.durability), so a position stays valid for the table.
+    """
+
+    VERSION = 2
+
+    def __init__(self, path: Path, log: Any) -> None:
+        self.path = path
+        self._log = log
+        self._lock = threading.Lock()
+        self._tables: dict[str, dict[str, dict[str, Any]]] = {}
+        self._dirty = False
+        if path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("version") == self.VERSION:
+                    self._tables = {str(t): dict(shards) for t, shards in data.get("tables", {}).items()}
+                else:  # version 1 keyed positions by stream ARN, which changed at every start
+                    self._log.warning(f"checkpoint file {path} has an old layout; starting from the stream's horizon")
+            except (OSError, ValueError, AttributeError) as exc:
+                broken = path.with_name(path.name + ".corrupt")
+                self._log.warning(f"unreadable checkpoint file {path} ({exc}); moved to {broken}, starting over")
+                with contextlib.suppress(OSError):
+                    os.replace(path, broken)
+
+    def known(self, table: str) -> bool:
+        return table in self._tables
+
+    def get(self, table: str, shard_id: str) -> dict[str, Any] | None:
+        return self._tables.get(table, {}).get(shard_id)
+
+    def positions(self, table: str) -> dict[str, str | None]:
+        """{shard id: last checkpointed sequence number} for one table."""
+        with self._lock:
+            return {shard: entry.get("sequence_number") for shard, entry in self._tables.get(table, {}).items()}
+
+    def record(self, table: str, shard_id: str, sequence_number: str | None, finished: bool = False) -> None:
+        with self._lock:
+            entry = self._tables.setdefault(table, {}).setdefault(shard_id, {})
+            if sequence_number is not None:
+                entry["sequence_number"] = sequence_number
+            entry["finished"] = finished
+            entry["updated_at"] = _iso(lambda_shapes.wall_clock())
+            self._dirty = True
+        self.save()
+
+    def forget_others(self, table: str, live_shards: set[str] | None) -> None:
+        """Drop other tables of this file and shards the stream no longer lists."""
+        with self._lock:
+            for other in [t for t in self._tables if t != table]:
+                del self._tables[other]
+                self._dirty = True
+            if live_shards is not None:
+                shards = self._tables.get(table, {})
+                for gone in [s for s in shards if s not in live_shards]:
+                    del shards[gone]
+                    self._dirty = True
+        self.save()
+
+    def save(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump({"version": self.VERSION, "tables": self._tables}, handle, indent=2, sort_keys=True)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            with contextlib.suppress(OSError):  # make the rename itself durable
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            self._dirty = False
