@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--compact-every",
         type=int,
         default=5000,
-        help="fold the journal into the snapshot every N writes while running (bounds restart time; default 5000)",
+        help=(
+            "fold the journal into the snapshot every N item writes while running, or half the "
+            "snapshot if larger (bounds restart time; default 5000)"
+        ),
     )
     up.add_argument("--demo", action="store_true", help="after start, write an event and read it back")
 

@@ -3,9 +3,11 @@
 Design (see docs/local-state.md):
 * Journal: every successful DynamoDB write (PutItem, UpdateItem, DeleteItem, BatchWriteItem,
   TransactWriteItems), whoever sends it (the apps in-process, or tools through the moto server), is
-  appended to `<state-dir>/journal.jsonl` and flushed to the OS before the response goes back, under
-  one lock with the write itself so journal order is apply order. A `kill -9` loses nothing that was
-  acknowledged (set BHIV_JOURNAL_FSYNC=1 to survive a power cut too, at a cost).
+  appended to `<state-dir>/journal.jsonl` by its effect (the after-image of every item it touched
+  and the stream records it produced) and flushed to the OS before the response goes back, under
+  one lock with the write itself so journal order is apply order. A `kill -9` loses nothing that
+  was acknowledged (set BHIV_JOURNAL_FSYNC=1 to survive a power cut too, at a cost). Replaying
+  effects costs what loading a snapshot costs, far less than re-executing requests through moto.
 * Stream sequence numbers are continuous for the life of the state dir: a snapshot records, per
   table, the next sequence number and the stream records some consumer has not checkpointed yet
   (the tail). Start-up loads the items without stream records, puts the tail back with its own
@@ -84,6 +86,7 @@ class DurableState:
         self.truncated_bytes = 0
         self.writes_since_compaction = 0
         self.compactions = 0
+        self.items_at_compaction = 0  # items in the last snapshot: replay should stay cheaper than their load
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -97,6 +100,7 @@ class DurableState:
             snapshot = json.loads(self.snapshot_path.read_text(encoding="utf-8"))
             self.generation = int(snapshot["generation"])
             self.loaded_items = self._load_tables(snapshot["tables"])
+            self.items_at_compaction = self.loaded_items
             streams = snapshot.get("streams") or {}
         self._restore_streams(streams)
         for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
@@ -106,9 +110,9 @@ class DurableState:
             for record in self._journal_records():
                 if int(record.get("g", -1)) < self.generation:
                     continue  # written before the snapshot it is older than
-                dynamodb._make_api_call(record["a"], json.loads(record["b"]))
+                self._apply(record, dynamodb)
                 self.replayed += 1
-                self.writes_since_compaction += 1
+                self.writes_since_compaction += max(1, len(record.get("p", [])))
                 if progress is not None and self.replayed % 5000 == 0:
                     progress(f"replayed {self.replayed} journal writes")
         finally:
@@ -196,15 +200,64 @@ class DurableState:
 
     # --- while running ----------------------------------------------------------------------
 
-    def record(self, action: str, body: str) -> None:
+    def stream_lengths(self) -> dict[str, int]:
+        """How many records each table's stream holds now (taken under WRITE_LOCK before a write)."""
+        return {
+            name: len(table.stream_shard.items)
+            for name, table in self._backend().tables.items()
+            if table.stream_shard is not None
+        }
+
+    def record(self, action: str, request: dict[str, Any], streams_before: dict[str, int]) -> None:
+        """Journal a successful write by its effect: the after-image of every item it touched and
+        the stream records it produced (called under WRITE_LOCK, right after the write).
+
+        Replaying effects, not requests, is as fast as loading a snapshot, and it reproduces the
+        stream exactly (moto emits two records for an UpdateItem that creates an item)."""
         if self._replaying or self._journal is None:
             return
-        line = json.dumps({"g": self.generation, "a": action, "b": body}) + "\n"
+        backend = self._backend()
+        images = []
+        for table_name, key in _touched_keys(action, request):
+            table = backend.tables.get(table_name)
+            if table is None:
+                continue
+            item = table.get_item(*_key_values(table, key))
+            images.append([table_name, key, item.to_json()["Attributes"] if item is not None else None])
+        records: dict[str, list[dict[str, Any]]] = {}
+        for name, table in backend.tables.items():
+            shard = table.stream_shard
+            if shard is not None and len(shard.items) > streams_before.get(name, 0):
+                records[name] = [r.to_json() for r in shard.items[streams_before.get(name, 0) :]]
+        line = json.dumps({"g": self.generation, "p": images, "s": records}, default=_json_default) + "\n"
         self._journal.write(line.encode("utf-8"))
         self._journal.flush()
         if self.fsync:
             os.fsync(self._journal.fileno())
-        self.writes_since_compaction += 1
+        self.writes_since_compaction += max(1, len(images))
+
+    def _apply(self, record: dict[str, Any], dynamodb: Any) -> None:
+        """Replay one journal line: its after-images without stream records, then its records."""
+        if "a" in record:  # a request, as journals before effects were recorded
+            dynamodb._make_api_call(record["a"], json.loads(record["b"]))
+            return
+        backend = self._backend()
+        for table_name, key, attrs in record.get("p", []):
+            table = backend.tables.get(table_name)
+            if table is None:
+                continue
+            shard, table.stream_shard = table.stream_shard, None
+            try:
+                if attrs is None:
+                    table.delete_item(*_key_values(table, key))
+                else:
+                    table.put_item(attrs)
+            finally:
+                table.stream_shard = shard
+        for table_name, stream_records in record.get("s", {}).items():
+            table = backend.tables.get(table_name)
+            if table is not None and table.stream_shard is not None:
+                table.stream_shard.items.extend(_RestoredRecord(r) for r in stream_records)
 
     def save_queues(self) -> None:
         if self._replaying or self._journal is None:
@@ -240,6 +293,7 @@ class DurableState:
             }
             generation = self.generation + 1
             self.generation = generation
+            self.items_at_compaction = sum(len(items) for items in tables.values())
             cut = 0
             if self._journal is not None:
                 self._journal.flush()
@@ -314,12 +368,46 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
         record = json.loads(line)
     except ValueError:
         return None
-    return record if isinstance(record, dict) and "a" in record and "b" in record else None
+    if not isinstance(record, dict):
+        return None
+    return record if ("a" in record and "b" in record) or "p" in record else None
 
 
 def _salvage(line: bytes) -> dict[str, Any] | None:
     start = line.rfind(b'{"g": ')
     return _parse_line(line[start:]) if start > 0 else None
+
+
+def _touched_keys(action: str, request: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(table, key or whole item) of every item a write request names."""
+    if action == "PutItem":
+        return [(request["TableName"], request["Item"])]
+    if action in ("UpdateItem", "DeleteItem"):
+        return [(request["TableName"], request["Key"])]
+    touched: list[tuple[str, dict[str, Any]]] = []
+    if action == "BatchWriteItem":
+        for table, writes in request.get("RequestItems", {}).items():
+            for write in writes:
+                if "PutRequest" in write:
+                    touched.append((table, write["PutRequest"]["Item"]))
+                elif "DeleteRequest" in write:
+                    touched.append((table, write["DeleteRequest"]["Key"]))
+    elif action == "TransactWriteItems":
+        for entry in request.get("TransactItems", []):
+            for op_type, op in entry.items():
+                if op_type == "Put":
+                    touched.append((op["TableName"], op["Item"]))
+                elif op_type in ("Update", "Delete"):
+                    touched.append((op["TableName"], op["Key"]))
+    return touched
+
+
+def _key_values(table: Any, attrs: dict[str, Any]) -> tuple[Any, Any]:
+    """moto's (hash, range) key values of an item or key, for get_item/delete_item."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    range_value = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+    return DynamoType(attrs[table.hash_key_attr]), range_value
 
 
 def _request_json(body: Any) -> str:
@@ -366,11 +454,12 @@ def _install_hook() -> None:
             return original(self)
         action = self._get_action()
         if service == "dynamodb" and action in DYNAMODB_WRITES:
-            request = _request_json(self.body)
+            request = json.loads(_request_json(self.body) or "{}")
             with WRITE_LOCK:
+                before = state.stream_lengths()
                 status, headers, body = original(self)
                 if int(status) < 400:
-                    state.record(action, request)
+                    state.record(action, request, before)
                 return status, headers, body
         if service == "sqs" and action in SQS_CHANGES:
             with WRITE_LOCK:

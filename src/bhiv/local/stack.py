@@ -193,7 +193,11 @@ class LocalStack:
 
         def loop() -> None:
             while not self._stopped.wait(COMPACT_CHECK_S):
-                if self.durable.writes_since_compaction < self.config.compact_every:
+                # Every `compact_every` item writes, or half the snapshot's size if that is more: the
+                # replay after a crash then costs at most half a snapshot load, and compactions of a
+                # large state stay rare (each copies every item).
+                due = max(self.config.compact_every, self.durable.items_at_compaction // 2)
+                if self.durable.writes_since_compaction < due:
                     continue
                 try:
                     self.durable.compact(self.stream_horizons())

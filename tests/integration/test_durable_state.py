@@ -1,0 +1,174 @@
+"""The write journal and snapshots reproduce moto's tables and streams exactly (issue 9)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from bhiv.local import durability, moto_patch, template
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+    yield
+    durability.activate(None)
+
+
+def _start(state_dir: Path) -> tuple[Any, durability.DurableState]:
+    moto_patch.install()
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    template.create_resources(dynamodb, sqs)
+    state = durability.DurableState(state_dir, REGION)
+    state.restore(dynamodb, sqs)
+    durability.activate(state)
+    return dynamodb, state
+
+
+def _picture() -> dict[str, Any]:
+    """Every table's items and every stream's records (sequence number, kind, keys, new image)."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    backend = dynamodb_backends[durability.ACCOUNT][REGION]
+    tables = {
+        name: sorted(json.dumps(item.to_json()["Attributes"], sort_keys=True) for item in table.all_items())
+        for name, table in backend.tables.items()
+    }
+    streams = {}
+    for name, table in backend.tables.items():
+        if table.stream_shard is not None:
+            shard = table.stream_shard
+            streams[name] = {
+                "next": shard.starting_sequence_number + len(shard.items),
+                "records": [
+                    (
+                        r.to_json()["dynamodb"]["SequenceNumber"],
+                        r.to_json()["eventName"],
+                        json.dumps(r.to_json()["dynamodb"].get("Keys"), sort_keys=True),
+                        json.dumps(r.to_json()["dynamodb"].get("NewImage"), sort_keys=True),
+                    )
+                    for r in shard.items
+                ],
+            }
+    return {"tables": tables, "streams": streams}
+
+
+def _workload(dynamodb: Any, start: int) -> None:
+    for i in range(start, start + 5):
+        dynamodb.put_item(TableName="EventsTable", Item=_event(i))
+    dynamodb.update_item(  # creates an item: moto emits two stream records for it
+        TableName="EventsTable",
+        Key=_key(start + 300),
+        UpdateExpression="ADD events :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    dynamodb.update_item(  # a table without a stream
+        TableName="BucketStatsTable",
+        Key={"pk": {"S": "totals"}, "sk": {"S": f"n{start}"}},
+        UpdateExpression="ADD events :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    dynamodb.transact_write_items(
+        TransactItems=[
+            {"Put": {"TableName": "EventsTable", "Item": _event(start + 100)}},
+            {"Delete": {"TableName": "EventsTable", "Key": _key(start)}},
+        ]
+    )
+    dynamodb.batch_write_item(
+        RequestItems={
+            "EventsTable": [
+                {"PutRequest": {"Item": _event(start + 200)}},
+                {"DeleteRequest": {"Key": _key(start + 1)}},
+            ]
+        }
+    )
+    with pytest.raises(dynamodb.exceptions.ConditionalCheckFailedException):  # refused: journals nothing
+        dynamodb.put_item(
+            TableName="EventsTable", Item=_event(start + 2), ConditionExpression="attribute_not_exists(event_id)"
+        )
+
+
+def _key(i: int) -> dict[str, Any]:
+    item = _event(i)
+    return {name: item[name] for name in _event_key_names()}
+
+
+def _event_key_names() -> list[str]:
+    doc = template.load_template()
+    return [k["AttributeName"] for k in doc["Resources"]["EventsTable"]["Properties"]["KeySchema"]]
+
+
+def _event(i: int) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from bhiv.bucket.domain import build_event
+    from bhiv.storage.events import to_item
+
+    event = build_event(
+        {"event_type": "probe", "n": i}, "workflow_executor", f"evt-{i:05d}", datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    return to_item(event)
+
+
+def _restart(state_dir: Path) -> dict[str, Any]:
+    durability.activate(None)
+    with mock_aws():
+        _start(state_dir)
+        return _picture()
+
+
+def test_a_restart_after_a_crash_reproduces_tables_and_streams_exactly(tmp_path: Path) -> None:
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        _workload(dynamodb, 0)
+        live = _picture()
+        state.close()  # as a kill leaves it: no snapshot, only the journal
+    assert live["streams"]["EventsTable"]["records"]
+    assert _restart(tmp_path) == live
+
+
+def test_compaction_keeps_the_unread_tail_and_numbering_continues(tmp_path: Path) -> None:
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        _workload(dynamodb, 0)
+        events = _picture()["streams"]["EventsTable"]["records"]
+        horizon = int(events[3][0])  # every consumer has read up to the 4th record
+        state.compact({"EventsTable": horizon})
+        _workload(dynamodb, 1000)
+        live = _picture()
+        state.close()
+    assert live["streams"]["EventsTable"]["records"][0][0] == str(horizon + 1)
+    assert _restart(tmp_path) == live
+
+
+def test_a_torn_tail_is_truncated_and_the_next_append_starts_a_clean_line(tmp_path: Path) -> None:
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        _workload(dynamodb, 0)
+        state.close()
+    with open(tmp_path / "journal.jsonl", "ab") as journal:
+        journal.write(b'{"g": 0, "p": [["EventsTable", {"pk"')
+    durability.activate(None)
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        assert state.truncated_bytes > 0
+        _workload(dynamodb, 1000)
+        live = _picture()
+        state.close()
+    assert _restart(tmp_path) == live
