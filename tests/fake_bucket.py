@@ -10,7 +10,7 @@ from typing import Any
 
 class FakeBucket:
     def __init__(self) -> None:
-        self.mode = "ok"  # ok | reject | error | hang
+        self.mode = "ok"  # ok | reject | error | hang | throttle
         self.received: list[dict[str, Any]] = []
         self.stored: dict[str, dict[str, Any]] = {}
         self.release = threading.Event()  # ends a hang: the held request is then stored and answered
@@ -25,6 +25,8 @@ class FakeBucket:
             def _send(self, status: int, body: dict[str, Any]) -> None:
                 raw = json.dumps(body).encode()
                 self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "1")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
@@ -40,6 +42,8 @@ class FakeBucket:
                 fake.received.append({"body": body, "authorization": self.headers.get("Authorization")})
                 if fake.mode == "reject":
                     return self._send(403, {"success": False, "error": {"code": "forbidden", "message": "nope"}})
+                if fake.mode == "throttle":
+                    return self._send(429, {"success": False, "error": {"code": "rate_limited", "message": "slow"}})
                 if fake.mode == "error":
                     return self._send(500, {"success": False, "error": {"code": "internal", "message": "boom"}})
                 duplicate = body["event_id"] in fake.stored

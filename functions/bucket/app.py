@@ -32,6 +32,7 @@ def health() -> Response:
 @view
 def write_event() -> Response:
     principal = runtime.service().authenticate(header(app, "authorization"), "events:write")
+    runtime.service().throttle(principal)
     body = parse_json_body(raw_body(app), MAX_SINGLE_BODY_BYTES)
     status, result = runtime.service().write_event(principal, body)
     return json_response(status, result)
@@ -41,7 +42,9 @@ def write_event() -> Response:
 @view
 def write_events() -> Response:
     principal = runtime.service().authenticate(header(app, "authorization"), "events:write")
+    runtime.service().throttle(principal)
     body = parse_json_body(raw_body(app), MAX_BATCH_BYTES)
+    runtime.service().throttle_batch_rest(principal, body)
     status, result = runtime.service().write_events(principal, body)
     return json_response(status, result)
 

@@ -37,17 +37,18 @@ def health() -> Response:
 @app.route("/api/workflow/execute", methods=["POST"], content_types=ALL_CONTENT_TYPES)
 @view
 def execute() -> Response:
-    runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")
+    principal = runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")
+    runtime.auth().throttle(principal, "workflows:execute")
     body = parse_json_body(raw_body(app), MAX_BODY_BYTES)
-    status, result, headers = runtime.service().execute(body)
+    status, result, headers = runtime.service().execute(principal.requester_id, body)
     return json_response(status, result, headers)
 
 
 @app.route("/api/workflow/executions/{trace_id}", methods=["GET"], content_types=ALL_CONTENT_TYPES)
 @view
 def execution(trace_id: str) -> Response:
-    runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")
-    return json_response(200, runtime.service().execution(trace_id))
+    principal = runtime.auth().authenticate(header(app, "authorization"), "workflows:execute")
+    return json_response(200, runtime.service().execution(principal.requester_id, trace_id))
 
 
 def redrive_outbox(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def system_stats() -> Response:
 @app.route("/v1/event", methods=["POST"], content_types=ALL_CONTENT_TYPES)
 @view
 def direct_event() -> Response:
-    runtime.auth().authenticate(header(app, "authorization"), "karma:write")
+    principal = runtime.auth().authenticate(header(app, "authorization"), "karma:write")
+    runtime.auth().throttle(principal, "karma:write")
     body = parse_json_body(raw_body(app), MAX_BODY_BYTES)
     return json_response(200, runtime.service().record_direct_event(body))  # the original senders require 200
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from bhiv.errors import Forbidden, Unauthorized
+from bhiv.ratelimit import Limit, RateLimiter
 
 ALL_SCOPES = frozenset({"events:write", "events:read", "karma:read", "karma:write", "workflows:execute"})
 
@@ -31,18 +32,37 @@ class Principal:
     authenticated: bool = True
 
 
-def load_requesters(path: str | None = None) -> dict[str, frozenset[str]]:
-    """Requester id -> scopes, from BHIV_REQUESTERS_FILE or the packaged requesters.yaml."""
+def _requesters_doc(path: str | None) -> dict[str, Any]:
     path = path or os.environ.get("BHIV_REQUESTERS_FILE")
     if path:
         text = Path(path).read_text(encoding="utf-8")
     else:
         text = resources.files("bhiv").joinpath("requesters.yaml").read_text(encoding="utf-8")
-    doc = yaml.safe_load(text) or {}
+    doc: dict[str, Any] = yaml.safe_load(text) or {}
+    return doc
+
+
+def load_requesters(path: str | None = None) -> dict[str, frozenset[str]]:
+    """Requester id -> scopes, from BHIV_REQUESTERS_FILE or the packaged requesters.yaml."""
+    doc = _requesters_doc(path)
     return {
         str(rid): frozenset(str(s) for s in (spec or {}).get("scopes", []))
         for rid, spec in (doc.get("requesters") or {}).items()
     }
+
+
+def load_rate_limiter(path: str | None = None) -> RateLimiter | None:
+    """The per-requester write/execute limits of requesters.yaml; None when BHIV_RATE_LIMITS=off
+    (benchmarks and contract runs measure the services, not the limiter)."""
+    if os.environ.get("BHIV_RATE_LIMITS", "").lower() == "off":
+        return None
+    doc = _requesters_doc(path)
+    default = Limit.parse((doc.get("rate_limits") or {}).get("default"), "rate_limits.default")
+    limits: dict[str, Limit | None] = {}
+    for rid, spec in (doc.get("requesters") or {}).items():
+        if isinstance(spec, dict) and "rate_limit" in spec:
+            limits[str(rid)] = Limit.parse(spec["rate_limit"], f"requesters.{rid}.rate_limit")
+    return RateLimiter(limits, default)
 
 
 def hash_token(token: str) -> str:
@@ -60,10 +80,17 @@ class Authenticator:
         token_hashes: dict[str, str],
         *,
         auth_disabled: bool = False,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._requesters = requesters
         self._hashes = [(rid, h.lower()) for rid, h in token_hashes.items()]
         self.auth_disabled = auth_disabled
+        self._limiter = limiter
+
+    def throttle(self, principal: Principal, scope: str, cost: int = 1) -> None:
+        """Spend the principal's budget for `scope` (429 TooManyRequests when it is empty)."""
+        if self._limiter is not None:
+            self._limiter.take(principal.requester_id, cost, operation=scope)
 
     def authenticate(self, authorization: str | None, scope: str) -> Principal:
         """The caller behind the Authorization header, if it holds `scope` (401/403 otherwise)."""
@@ -162,4 +189,5 @@ def authenticator_from_env() -> Authenticator:
         load_requesters(),
         _token_hashes_from_env(),
         auth_disabled=os.environ.get("BHIV_AUTH_DISABLED", "") == "1",
+        limiter=load_rate_limiter(),
     )

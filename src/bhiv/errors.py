@@ -9,11 +9,14 @@ class ApiError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None, **details: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.headers = dict(headers or {})  # response headers (e.g. Retry-After), not part of the body
         self.details = details
 
     def to_body(self) -> dict[str, Any]:
@@ -52,9 +55,21 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class Unprocessable(ApiError):
     status = 422
     code = "validation_error"
+
+
+class TooManyRequests(ApiError):
+    """Over the requester's rate limit; carries Retry-After."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class StorageUnavailable(Exception):

@@ -3,7 +3,6 @@ contracts (and the OpenAPI specs built from the same shapes) say."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -12,6 +11,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.protocols import Validator
 
+from bhiv import strictjson
 from bhiv.contracts import load_schema
 from bhiv.errors import BadRequest, PayloadTooLarge, Unprocessable
 
@@ -64,11 +64,12 @@ def raise_for_errors(errors: list[dict[str, str]]) -> None:
 
 
 def parse_json_body(raw: bytes | None, max_bytes: int) -> Any:
+    """A request body as strict JSON (bhiv.strictjson): 400 empty/malformed, 413 over max_bytes."""
     if raw is None or raw == b"":
         raise BadRequest("Request body is empty; a JSON object is required", code="invalid_json")
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"Request body is {len(raw)} bytes; the limit is {max_bytes}", limit_bytes=max_bytes)
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return strictjson.loads(raw)
+    except ValueError as exc:
         raise BadRequest(f"Malformed JSON: {exc}", code="invalid_json") from None

@@ -17,7 +17,7 @@ import hypothesis
 import pytest
 import schemathesis
 from schemathesis import Case
-from tests.conftest import ChaliceWSGI, MotoEnv, load_chalice_app
+from tests.conftest import ChaliceWSGI, MotoEnv, clear_runtime_caches, load_chalice_app
 
 from bhiv.auth import load_requesters, new_token
 from bhiv.bucket.domain import parse_time
@@ -127,7 +127,9 @@ def api_tokens() -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _bucket(aws_env: MotoEnv) -> MotoEnv:
+def _bucket(aws_env: MotoEnv, monkeypatch: pytest.MonkeyPatch) -> MotoEnv:
+    monkeypatch.setenv("BHIV_RATE_LIMITS", "off")  # the runs test the API, not the per-requester limiter
+    clear_runtime_caches()
     return aws_env
 
 

@@ -181,7 +181,7 @@ def test_executor_runs_valid_example(executor: Client, fake_bucket: FakeBucket, 
     assert [s["action_type"] for s in result["execution_result"]["steps"]] == [a["action_type"] for a in actions]
     assert all(s["status"] == "succeeded" and s["attempts"] == 1 for s in result["execution_result"]["steps"])
     assert result["trace_id"] == body["trace_id"]
-    assert result["event_id"] == event_id_for(body["trace_id"])
+    assert result["event_id"] == event_id_for(body["trace_id"], CALLER)
     assert result["delivery_state"] == "delivered"
     assert [r["body"]["event_id"] for r in fake_bucket.received] == [result["event_id"]]
     event = fake_bucket.received[0]["body"]["event_data"]

@@ -56,8 +56,12 @@ def _stored_ids(stack: RunningStack, user: str) -> list[str]:
 
 
 def _applied(stack: RunningStack, user: str) -> int:
+    """Events Karma handled for the user, each once: applied, or recorded as over a daily cap."""
     response = requests.get(f"{stack.karma_url}/api/v1/karma/{user}", headers=stack.auth("bhiv_reader"), timeout=5)
-    return int(response.json().get("events_applied", 0)) if response.status_code == 200 else 0
+    if response.status_code != 200:
+        return 0
+    body = response.json()
+    return int(body.get("events_applied", 0)) + int(sum(body.get("capped_stats", {}).values()))
 
 
 def _log_records(stack: RunningStack, message: str) -> list[dict[str, Any]]:

@@ -14,6 +14,8 @@ from bhiv.storage.executions import ExecutionStore
 from tests.fake_bucket import FakeBucket
 from tests.unit.test_executor_engine import Flaky
 
+REQUESTER = "bhiv_core"
+
 
 class Log:
     def __init__(self) -> None:
@@ -54,12 +56,12 @@ def _body(trace: str = "t-1", title: str = "x") -> dict[str, Any]:
 def test_execute_delivers_one_event_and_a_replay_runs_nothing(aws: dict[str, Any], bucket: FakeBucket) -> None:
     action, log = Flaky(), Log()
     service = _service(aws, bucket, action, log)
-    status, first, headers = service.execute(_body())
+    status, first, headers = service.execute(REQUESTER, _body())
     assert (status, first["status"], first["delivery_state"], headers) == (200, "success", "delivered", {})
     assert bucket.received[0]["authorization"] == "Bearer tok"
     assert bucket.received[0]["body"]["requester_id"] == "workflow_executor"
     assert bucket.received[0]["body"]["event_id"] == first["event_id"]
-    status, again, headers = service.execute(_body())
+    status, again, headers = service.execute(REQUESTER, _body())
     assert headers == {"X-Idempotent-Replay": "true"}
     assert again["execution_result"] == first["execution_result"]
     assert len(action.calls) == 1 and len(bucket.received) == 1
@@ -69,21 +71,21 @@ def test_execute_delivers_one_event_and_a_replay_runs_nothing(aws: dict[str, Any
 
 def test_same_trace_with_a_different_body_is_409(aws: dict[str, Any], bucket: FakeBucket) -> None:
     service = _service(aws, bucket, Flaky(), Log())
-    service.execute(_body())
+    service.execute(REQUESTER, _body())
     with pytest.raises(Conflict):
-        service.execute(_body(title="other"))
+        service.execute(REQUESTER, _body(title="other"))
 
 
 def test_a_403_is_a_rejection_not_a_success(aws: dict[str, Any], bucket: FakeBucket) -> None:
     bucket.mode = "reject"
     log = Log()
     service = _service(aws, bucket, Flaky(), log)
-    _, response, _ = service.execute(_body())
+    _, response, _ = service.execute(REQUESTER, _body())
     assert response["delivery_state"] == "rejected"
     assert len(bucket.received) == 1  # not retried
     rejected = [fields for message, fields in log.lines if message == "Bucket rejected event"]
     assert rejected and rejected[0]["status"] == 403 and "nope" in rejected[0]["reason"]
-    assert service.execution("t-1")["delivery"]["rejected_status"] == 403
+    assert service.execution(REQUESTER, "t-1")["delivery"]["rejected_status"] == 403
     assert service.redrive(due_only=False) == {"delivered": 0, "rejected": 0, "queued": 0}
 
 
@@ -93,7 +95,7 @@ def test_a_down_bucket_queues_the_event_and_the_redriver_delivers_it_once(
     bucket.mode = "error"
     log = Log()
     service = _service(aws, bucket, Flaky(), log, budget=0.3)
-    _, response, _ = service.execute(_body())
+    _, response, _ = service.execute(REQUESTER, _body())
     assert response["delivery_state"] == "queued"
     assert any(m == "Bucket unreachable, event queued" for m, _ in log.lines)
     assert [i["trace_id"] for i in service.outbox()] == ["t-1"]
@@ -101,14 +103,14 @@ def test_a_down_bucket_queues_the_event_and_the_redriver_delivers_it_once(
     assert service.redrive(due_only=False) == {"delivered": 1, "rejected": 0, "queued": 0}
     assert service.redrive(due_only=False) == {"delivered": 0, "rejected": 0, "queued": 0}
     assert list(bucket.stored) == [response["event_id"]]
-    assert service.execution("t-1")["delivery_state"] == "delivered"
-    assert service.execute(_body())[1]["delivery_state"] == "delivered"  # the replay shows the current state
+    assert service.execution(REQUESTER, "t-1")["delivery_state"] == "delivered"
+    assert service.execute(REQUESTER, _body())[1]["delivery_state"] == "delivered"  # the replay shows the current state
 
 
 def test_a_hanging_bucket_never_holds_the_caller_past_the_budget(aws: dict[str, Any], bucket: FakeBucket) -> None:
     bucket.mode = "hang"
     service = _service(aws, bucket, Flaky(), Log(), budget=0.5)
-    _, response, _ = service.execute(_body())
+    _, response, _ = service.execute(REQUESTER, _body())
     # The Bucket still holds the request (it would store it once released): the caller was
     # answered by the budget, not by the Bucket, and the event waits in the outbox.
     assert not bucket.release.is_set()

@@ -102,12 +102,25 @@ def test_task_optional_fields_are_checked_when_given() -> None:
     assert _fields(TaskAction().validate({"title": "x", "description": "d" * 10_001})) == ["description"]
 
 
-@pytest.mark.parametrize("due", ["2030-06-07T17:00:00Z", "2030-06-07T17:00", "2030-06-07 17:00:00+00:00"])
-def test_task_due_accepts_iso_date_times(due: str) -> None:
+@pytest.mark.parametrize("due", ["2030-06-07T17:00:00Z", "2030-06-07T17:00:00.5+05:30", "2030-06-07t17:00:00z"])
+def test_task_due_accepts_rfc3339_date_times(due: str) -> None:
     assert TaskAction().validate({"title": "x", "due": due}) == []
 
 
-@pytest.mark.parametrize("due", ["2030-06-07", "tomorrow", "2030-13-01T10:00:00Z", "07/06/2030 17:00", "", 1234])
+@pytest.mark.parametrize(
+    "due",
+    [
+        "2030-06-07",
+        "tomorrow",
+        "2030-13-01T10:00:00Z",
+        "07/06/2030 17:00",
+        "",
+        1234,
+        "2030-06-07T17:00",  # no seconds, no offset
+        "2030-06-07T17:00:00",  # no offset: a local time of an unknown zone
+        "2030-06-07 17:00:00+00:00",  # a space for the T
+    ],
+)
 def test_task_due_rejects_anything_else(due: Any) -> None:
     assert _fields(TaskAction().validate({"title": "x", "due": due})) == ["due"]
 

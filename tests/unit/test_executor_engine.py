@@ -116,4 +116,5 @@ def test_the_event_satisfies_its_contract_and_its_id_follows_the_trace() -> None
         event = workflow_event(plan, run, execution_result(plan, run))
         assert event_type_errors(event) == []
         assert event["trace_id"] == "t1" and event["status"] == "success"
-    assert event_id_for("t1") == event_id_for("t1") != event_id_for("t2")
+    assert event_id_for("t1", "a") == event_id_for("t1", "a") != event_id_for("t2", "a")
+    assert event_id_for("t1", "a") != event_id_for("t1", "b")  # executions belong to their requester

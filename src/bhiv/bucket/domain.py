@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bhiv import rfc3339
 from bhiv.errors import BadRequest
 
 MAX_EVENT_BYTES = 32 * 1024
@@ -30,15 +31,14 @@ def isoformat(moment: datetime) -> str:
 
 
 def parse_time(value: str, name: str) -> datetime:
-    text = value.strip()
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+    """An RFC 3339 date-time query parameter (the spec's `format: date-time`), in UTC; else 400."""
+    moment = rfc3339.parse(value)
+    if moment is None:
         raise BadRequest(
-            f"'{name}' must be an ISO 8601 date-time, got {value!r}", code="invalid_parameter", field=name
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+            f"'{name}' must be an RFC 3339 date-time with a timezone, e.g. 2030-01-31T09:00:00Z; got {value!r}",
+            code="invalid_parameter",
+            field=name,
+        )
     try:
         return moment.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00+05:00: before the earliest instant datetime holds

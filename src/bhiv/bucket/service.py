@@ -67,6 +67,16 @@ class BucketService:
     def authenticate(self, authorization: str | None, scope: str) -> Principal:
         return self._auth.authenticate(authorization, scope)
 
+    def throttle(self, principal: Principal) -> None:
+        """One token of the requester's write budget (429 when it is spent)."""
+        self._auth.throttle(principal, "events:write")
+
+    def throttle_batch_rest(self, principal: Principal, body: Any) -> None:
+        """A batch costs one token per event: the rest of it, after the one `throttle` took."""
+        events = body.get("events") if isinstance(body, dict) else None
+        if isinstance(events, list) and len(events) > 1:
+            self._auth.throttle(principal, "events:write", min(len(events), domain.MAX_BATCH_ITEMS) - 1)
+
     # --- writes -----------------------------------------------------------------------------
 
     def write_event(self, principal: Principal, body: Any) -> tuple[int, dict[str, Any]]:

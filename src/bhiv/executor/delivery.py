@@ -61,6 +61,9 @@ class BucketClient:
         if 200 <= response.status < 300 and isinstance(payload, dict) and payload.get("success") is True:
             return DeliveryOutcome("delivered", response.status, attempts=1, duplicate=bool(payload.get("duplicate")))
         reason = _reason(payload) or response.reason or "no reason given"
+        if response.status == 429:
+            # over the Executor's rate limit: not a verdict on the event, so it waits in the outbox
+            return DeliveryOutcome("unreachable", response.status, reason, attempts=1)
         if 400 <= response.status < 500 or 200 <= response.status < 300:
             # 2xx without success: true is a refusal too (the original counted it as delivered)
             return DeliveryOutcome("rejected", response.status, reason, attempts=1)

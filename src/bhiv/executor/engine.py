@@ -41,13 +41,25 @@ class RunResult:
 
 
 def run_step(
-    step: Step, action: Action, plan: Plan, sleep: Callable[[float], None], clock: Callable[[], float]
+    step: Step,
+    action: Action,
+    plan: Plan,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    wait_left: list[float] | None = None,
 ) -> StepResult:
+    """Run one step with its retries; `wait_left` ([seconds]) is the plan's remaining retry budget."""
     started = clock()
     result = StepResult(step.index, step.action_type, "failed")
     for attempt in range(1, step.retry.max_attempts + 1):
         if attempt > 1:
-            sleep(step.retry.delay_before(attempt))
+            delay = step.retry.delay_before(attempt)
+            if wait_left is not None:
+                if delay > wait_left[0]:
+                    result.error = f"{result.error} (no retry: the plan's retry budget is spent)"
+                    break
+                wait_left[0] -= delay
+            sleep(delay)
         result.attempts = attempt
         try:
             result.output = action.run(step.fields, ActionContext(plan.trace_id, plan.user_id, step.index, attempt))
@@ -69,14 +81,17 @@ def run_plan(
     registry: dict[str, Action],
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.perf_counter,
+    retry_budget_s: float | None = None,
 ) -> RunResult:
+    """Steps in order; waits between attempts never add up to more than `retry_budget_s`."""
     started = clock()
+    wait_left = [retry_budget_s] if retry_budget_s is not None else None
     run = RunResult("success")
     for step in plan.steps:
         if run.status == "failed":
             run.steps.append(StepResult(step.index, step.action_type, "skipped"))
             continue
-        outcome = run_step(step, registry[step.action_type], plan, sleep, clock)
+        outcome = run_step(step, registry[step.action_type], plan, sleep, clock, wait_left)
         run.steps.append(outcome)
         if outcome.status != "succeeded":
             run.status = "failed"

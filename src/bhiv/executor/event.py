@@ -12,9 +12,10 @@ from bhiv.executor.plan import InvalidPlan, Plan
 MAX_EVENT_BYTES = 30 * 1024  # the Bucket refuses events over 32 KB
 
 
-def event_id_for(trace_id: str) -> str:
-    """Every retry and redrive of a trace's event carries this id, so the Bucket stores it once."""
-    return "wf_" + hashlib.sha256(trace_id.encode("utf-8")).hexdigest()[:40]
+def event_id_for(trace_id: str, requester_id: str) -> str:
+    """Every retry and redrive of an execution's event carries this id, so the Bucket stores it
+    once. Executions belong to their requester: two requesters' equal trace ids are two events."""
+    return "wf_" + hashlib.sha256(f"{requester_id}\x00{trace_id}".encode()).hexdigest()[:40]
 
 
 def execution_result(plan: Plan, run: RunResult) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def invalid_plan_result(problem: InvalidPlan, action_type: str | None) -> dict[s
 
 
 def invalid_plan_event(
-    trace_id: str, user_id: str | None, action_type: str | None, result: dict[str, Any]
+    trace_id: str, user_id: str | None, action_type: str | None, result: dict[str, Any], requester_id: str
 ) -> dict[str, Any]:
     """Reported like any failed execution ("no silent failures"); action_type null when none was given."""
     event: dict[str, Any] = {
@@ -57,6 +58,7 @@ def invalid_plan_event(
         "action_type": action_type,
         "execution_result": result,
         "duration_ms": 0,
+        "requested_by": requester_id,
     }
     if user_id:
         event["user_id"] = user_id
@@ -73,6 +75,7 @@ def workflow_event(plan: Plan, run: RunResult, result: dict[str, Any]) -> dict[s
     }
     if plan.user_id:
         event["user_id"] = plan.user_id
+    event["requested_by"] = plan.requester_id
     if plan.single:
         event["action_type"] = plan.steps[0].action_type
     else:

@@ -6,7 +6,8 @@ Pure: the action registry's `validate` is the only thing consulted, and it does 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bhiv.errors import BadRequest, Unprocessable
@@ -15,6 +16,19 @@ from bhiv.executor.actions.base import Action
 WORKFLOW = "workflow"
 DECISIONS = ("respond", "task", "workflow", "insight", "fallback")
 STEP_META = frozenset({"action_type", "retry", "trace_id", "user_id", "name"})
+DEFAULT_FUNCTION_TIMEOUT_S = 60.0  # template.yaml ExecutorFunction Timeout (EXECUTOR_FUNCTION_TIMEOUT_S)
+TIMEOUT_RESERVE_S = 10.0  # for the actions themselves, storage and the 1 s delivery to the Bucket
+
+
+def retry_budget_s() -> float:
+    """The most a plan may wait between attempts, all steps together: the function's timeout
+    (env EXECUTOR_FUNCTION_TIMEOUT_S, set from template.yaml) minus a reserve for the work itself."""
+    raw = os.environ.get("EXECUTOR_FUNCTION_TIMEOUT_S")
+    try:
+        timeout = float(raw) if raw else DEFAULT_FUNCTION_TIMEOUT_S
+    except ValueError:
+        timeout = DEFAULT_FUNCTION_TIMEOUT_S
+    return max(0.0, timeout - TIMEOUT_RESERVE_S)
 
 
 class InvalidPlan(Unprocessable):
@@ -49,6 +63,10 @@ class RetryPolicy:
         """Seconds to wait before attempt n (n >= 2)."""
         return float(self.interval_s * self.backoff_rate ** (attempt - 2))
 
+    def total_wait(self) -> float:
+        """Worst case: every wait before attempts 2..max_attempts."""
+        return sum(self.delay_before(n) for n in range(2, self.max_attempts + 1))
+
 
 @dataclass(frozen=True)
 class Step:
@@ -64,6 +82,7 @@ class Plan:
     user_id: str | None
     steps: tuple[Step, ...]
     single: bool  # the original single-action shape (payload.action_type)
+    requester_id: str = "anonymous"  # who asked for it (the token's owner); the execution is theirs
 
 
 def _retry(raw: Any, where: str) -> RetryPolicy:
@@ -139,7 +158,37 @@ def skip_reason(body: dict[str, Any]) -> str | None:
     return f"decision '{decision}' is not '{WORKFLOW}': no actions run, no event emitted"
 
 
-def build_plan(body: dict[str, Any], trace_id: str, registry: dict[str, Action]) -> Plan:
+def _check_retry_budget(plan: Plan, budget_s: float) -> None:
+    waits = [step.retry.total_wait() for step in plan.steps]
+    total = sum(waits)
+    if total <= budget_s:
+        return
+    worst = max(range(len(waits)), key=lambda i: waits[i])
+    raise Unprocessable(
+        f"Retry waits add up to {total:g} s in the worst case; the limit is {budget_s:g} s "
+        "(the function's timeout minus a reserve). Lower max_attempts, interval_seconds or backoff_rate.",
+        code="retry_budget_exceeded",
+        field="data.payload.retry" if plan.single else f"data.payload.steps.{worst}.retry",
+        total_wait_seconds=total,
+        limit_seconds=budget_s,
+    )
+
+
+def build_plan(
+    body: dict[str, Any],
+    trace_id: str,
+    registry: dict[str, Action],
+    *,
+    requester_id: str = "anonymous",
+    retry_budget: float | None = None,
+) -> Plan:
+    """The plan of a workflow request; 400/422 for anything it cannot run as asked."""
+    plan = _build_plan(body, trace_id, registry)
+    _check_retry_budget(plan, retry_budget_s() if retry_budget is None else retry_budget)
+    return replace(plan, requester_id=requester_id)
+
+
+def _build_plan(body: dict[str, Any], trace_id: str, registry: dict[str, Action]) -> Plan:
     data = body.get("data")
     payload = data.get("payload") if isinstance(data, dict) else None
     if not isinstance(payload, dict) or not payload:

@@ -22,7 +22,7 @@ from bhiv.executor.event import (
     invalid_plan_result,
     workflow_event,
 )
-from bhiv.executor.plan import InvalidPlan, Plan, build_plan, skip_reason
+from bhiv.executor.plan import InvalidPlan, Plan, build_plan, retry_budget_s, skip_reason
 from bhiv.storage.executions import QUEUED, ExecutionStore
 from bhiv.validation import raise_for_errors, schema_errors
 
@@ -38,6 +38,13 @@ class Log(Protocol):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def execution_key(requester_id: str, trace_id: str) -> str:
+    """Executions belong to the requester that ran them: lookup, replay and conflicts are per
+    requester, so one requester can neither read nor squat another's trace ids. ('/' is in
+    neither a requester id nor a trace id's pattern.)"""
+    return f"{requester_id}/{trace_id}"
 
 
 def redrive_delay(rounds: int) -> timedelta:
@@ -67,7 +74,7 @@ class ExecutorService:
 
     # --- execute ----------------------------------------------------------------------------
 
-    def execute(self, body: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def execute(self, requester_id: str, body: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
         raise_for_errors(schema_errors("workflow_request", body))
         trace_id: str = body["trace_id"]
         reason = skip_reason(body)
@@ -84,20 +91,27 @@ class ExecutorService:
                 },
                 {},
             )
+        budget = retry_budget_s()
         plan: Plan | None = None
         problem: InvalidPlan | None = None
         try:
-            plan = build_plan(body, trace_id, self._registry)
+            plan = build_plan(body, trace_id, self._registry, requester_id=requester_id, retry_budget=budget)
         except InvalidPlan as exc:
             problem = exc  # answered as a failed execution, and reported like one
         request_hash = hashlib.sha256(canonical_json(body).encode()).hexdigest()
         now = self._clock()
-        existing = self._store.claim(trace_id, request_hash, isoformat(now), isoformat(now + LEASE))
+        key = execution_key(requester_id, trace_id)
+        existing = self._store.claim(key, request_hash, isoformat(now), isoformat(now + LEASE))
         if existing is not None:
             return self._replay(trace_id, request_hash, existing)
         if plan is not None:
-            self._log.info("Executing workflow", trace_id=trace_id, steps=[s.action_type for s in plan.steps])
-            run = run_plan(plan, self._registry, sleep=self._sleep)
+            self._log.info(
+                "Executing workflow",
+                trace_id=trace_id,
+                requester_id=requester_id,
+                steps=[s.action_type for s in plan.steps],
+            )
+            run = run_plan(plan, self._registry, sleep=self._sleep, retry_budget_s=budget)
             result = execution_result(plan, run)
             event = workflow_event(plan, run, result)
             user_id = plan.user_id
@@ -111,11 +125,11 @@ class ExecutorService:
             )
             run = RunResult("failed")
             result = invalid_plan_result(problem, action_type)
-            event = invalid_plan_event(trace_id, user_id, action_type, result)
+            event = invalid_plan_event(trace_id, user_id, action_type, result, requester_id)
         contract_errors = event_type_errors(event)
         if contract_errors:  # our own bug; the Bucket would refuse it, so say so loudly
             self._log.error("Workflow event breaks its contract", trace_id=trace_id, errors=contract_errors)
-        event_id = event_id_for(trace_id)
+        event_id = event_id_for(trace_id, requester_id)
         response: dict[str, Any] = {
             "trace_id": trace_id,
             "status": run.status,
@@ -130,12 +144,14 @@ class ExecutorService:
             "completed_at": isoformat(self._clock()),
             "created_at": isoformat(now),
             "delivery_attempts": 0,
+            "requester_id": requester_id,
+            "request_trace_id": trace_id,
         }
         # Persist first, with the event queued: if we die now the redriver still delivers it.
         first_retry = isoformat(self._clock() + timedelta(seconds=self._budget + 2))
-        self._store.complete(trace_id, request_hash, record, response, event, QUEUED, first_retry)
+        self._store.complete(key, request_hash, record, response, event, QUEUED, first_retry)
         outcome = self._deliver(trace_id, event_id, event)
-        state, written = self._settle(trace_id, outcome)
+        state, written = self._settle(key, outcome)
         response["delivery_state"] = state
         response["delivery"] = delivery_view({**record, **written, "delivery_state": state})
         return 200, response, {}
@@ -175,14 +191,14 @@ class ExecutorService:
         return outcome
 
     def _settle(
-        self, trace_id: str, outcome: DeliveryOutcome, attempts_before: int = 0, rounds_before: int = 0
+        self, key: str, outcome: DeliveryOutcome, attempts_before: int = 0, rounds_before: int = 0
     ) -> tuple[str, dict[str, Any]]:
         """Record the outcome; returns the delivery state and the delivery fields written."""
         attempts = attempts_before + outcome.attempts
         now = self._clock()
         if outcome.state == "delivered":
             fields: dict[str, Any] = {"delivered_at": isoformat(now), "delivery_attempts": attempts}
-            self._store.settle(trace_id, "delivered", fields)
+            self._store.settle(key, "delivered", fields)
             return "delivered", fields
         if outcome.state == "rejected":
             fields = {
@@ -190,7 +206,7 @@ class ExecutorService:
                 "last_error": outcome.reason or "",
                 "delivery_attempts": attempts,
             }
-            self._store.settle(trace_id, "rejected", fields)
+            self._store.settle(key, "rejected", fields)
             return "rejected", fields
         rounds = rounds_before + 1
         fields = {
@@ -198,7 +214,7 @@ class ExecutorService:
             "delivery_attempts": attempts,
             "last_error": outcome.reason or "unreachable",
         }
-        self._store.reschedule(trace_id, fields["next_attempt_at"], attempts, fields["last_error"], rounds)
+        self._store.reschedule(key, fields["next_attempt_at"], attempts, fields["last_error"], rounds)
         return QUEUED, fields
 
     def _replay(
@@ -223,8 +239,8 @@ class ExecutorService:
 
     # --- reads ------------------------------------------------------------------------------
 
-    def execution(self, trace_id: str) -> dict[str, Any]:
-        record = self._store.get(trace_id) if len(trace_id) <= 256 else None
+    def execution(self, requester_id: str, trace_id: str) -> dict[str, Any]:
+        record = self._store.get(execution_key(requester_id, trace_id)) if len(trace_id) <= 256 else None
         if record is None or record.get("state") != "completed":
             raise NotFound(f"No completed execution with trace_id '{trace_id}'", code="execution_not_found")
         response = json.loads(record["response"])
@@ -261,7 +277,8 @@ class ExecutorService:
         counts = {"delivered": 0, "rejected": 0, "queued": 0}
         for item in items:
             event = json.loads(item["event"])
-            outcome = self._deliver(item["trace_id"], item["event_id"], event, budget=min(self._budget, 0.5))
+            trace_id = item.get("request_trace_id") or item["trace_id"]  # the table key is requester/trace
+            outcome = self._deliver(trace_id, item["event_id"], event, budget=min(self._budget, 0.5))
             state, _ = self._settle(
                 item["trace_id"], outcome, int(item.get("delivery_attempts", 0)), int(item.get("redrive_rounds", 0))
             )
@@ -273,8 +290,12 @@ class ExecutorService:
     def outbox(self) -> list[dict[str, Any]]:
         return [
             {
-                k: item.get(k)
-                for k in ("trace_id", "event_id", "created_at", "delivery_attempts", "last_error", "next_attempt_at")
+                "trace_id": item.get("request_trace_id") or item.get("trace_id"),
+                "requester_id": item.get("requester_id"),
+                **{
+                    k: item.get(k)
+                    for k in ("event_id", "created_at", "delivery_attempts", "last_error", "next_attempt_at")
+                },
             }
             for item in self._store.queued()
         ]

@@ -85,6 +85,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     print("balances: " + ", ".join(f"{k} {_num(v)}" for k, v in user["balances"].items()))
     print("actions:  " + (", ".join(f"{k} x{v}" for k, v in user["action_stats"].items()) or "none"))
+    if user.get("capped_stats"):
+        print("capped:   " + ", ".join(f"{k} x{v}" for k, v in user["capped_stats"].items()) + " (over daily caps)")
     best = user["recommended_actions"][0]
     print(f"next:     {best['action']} (Q {best['q_value']:.3f})   last updated {user['last_updated']}")
     status, qtable = _get(f"{base}/api/v1/q-table", token)
@@ -135,12 +137,13 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         u
         for u, s in rebuilt.users.items()
         if u not in live
-        or (live[u].balances, live[u].role, live[u].action_stats) != (s.balances, s.role, s.action_stats)
+        or (live[u].balances, live[u].role, live[u].action_stats, live[u].capped_stats)
+        != (s.balances, s.role, s.action_stats, s.capped_stats)
     ]
     live_q = karma_store.qtable(policy.version)
     q_equal = live_q is not None and rebuilt.qtable is not None and live_q.values == rebuilt.qtable.values
     print(
-        f"replayed the log: {rebuilt.applied} applied, {rebuilt.ignored} ignored, "
+        f"replayed the log: {rebuilt.applied} applied, {rebuilt.capped} capped, {rebuilt.ignored} ignored, "
         f"{len(rebuilt.rejected)} rejected, {len(rebuilt.users)} users"
     )
     print(f"users differing from live state: {len(differing)}; Q-table equal: {q_equal}")

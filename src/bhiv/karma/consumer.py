@@ -151,7 +151,7 @@ class KarmaConsumer:
             outcomes.append(
                 Outcome(
                     event.event_id,
-                    "applied",
+                    "capped" if result.capped else "applied",
                     user_id,
                     result.history_entry(event.event_id, event.event_type, event.received_at),
                     event.received_at,
@@ -204,7 +204,8 @@ class KarmaConsumer:
                 role_changes[f"users:{before.role}"] = role_changes.get(f"users:{before.role}", 0) - 1
                 role_changes[f"users:{after.role}"] = role_changes.get(f"users:{after.role}", 0) + 1
         q_write = None
-        if any(o.status == "applied" for o in outcomes):
+        # capped events take part in the order too: which event is over a cap depends on it
+        if any(o.status in ("applied", "capped") for o in outcomes):
             q_write = (
                 replace(qtable, version=(stored_q.version + 1) if stored_q else 1),
                 stored_q.version if stored_q else None,
@@ -212,7 +213,7 @@ class KarmaConsumer:
             # The order Karma applied events in: Q-table writes are serialised by their version,
             # so (version written, place in the group) is a total order, whatever the shards.
             # `bhiv karma rebuild` replays in this order (Q-learning depends on it).
-            applied = [o for o in outcomes if o.status == "applied" and o.history is not None]
+            applied = [o for o in outcomes if o.status in ("applied", "capped") and o.history is not None]
             for place, outcome in enumerate(applied):
                 assert outcome.history is not None
                 outcome.history["applied_order"] = [q_write[0].version, place]
@@ -222,7 +223,16 @@ class KarmaConsumer:
         if q_write is not None:
             self._qtable = q_write[0]
         for outcome in outcomes:
-            if outcome.status == "applied" and outcome.history:
+            if outcome.status == "capped" and outcome.history:
+                self._log.info(
+                    "Karma capped event",
+                    event_id=outcome.event_id,
+                    user_id=outcome.user_id,
+                    action=outcome.history["action"],
+                    reason="over the action's daily cap (policy.yaml): recorded, not applied",
+                    trace_id=outcome.trace_id,
+                )
+            elif outcome.status == "applied" and outcome.history:
                 self._log.info(
                     "Karma applied event",
                     event_id=outcome.event_id,

@@ -33,6 +33,7 @@ class Action:
     points: dict[str, float]
     q_reward: float | None = None
     escalation: Escalation | None = None
+    daily_cap: int | None = None  # applications per user per UTC day; None: uncapped
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ def _parse(doc: dict[str, Any]) -> Policy:
     actions: dict[str, Action] = {}
     for name, spec in doc["actions"].items():
         esc = spec.get("escalating")
+        cap = spec.get("daily_cap")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"policy action {name!r}: daily_cap must be a positive integer or absent")
         actions[name] = Action(
             name=name,
             points={k: float(v) for k, v in (spec.get("points") or {}).items()},
@@ -164,6 +168,7 @@ def _parse(doc: dict[str, Any]) -> Policy:
             )
             if esc
             else None,
+            daily_cap=cap,
         )
     roles = tuple(sorted(((r["name"], float(r["min_merit"])) for r in doc["roles"]), key=lambda r: r[1]))
     mappings = tuple(

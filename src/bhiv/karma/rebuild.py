@@ -16,6 +16,7 @@ class Replayed:
     users: dict[str, UserState] = field(default_factory=dict)
     qtable: QTable | None = None
     applied: int = 0
+    capped: int = 0  # over a daily cap: recorded, not applied (the same caps as the live path)
     ignored: int = 0
     rejected: list[str] = field(default_factory=list)
 
@@ -65,6 +66,9 @@ def replay(policy: Policy, events: Iterable[StoredEvent]) -> Replayed:
         user = result.users.get(user_id) or UserState.new(user_id, policy)
         applied = apply_action(policy, user, qtable, action, event.received_at)
         result.users[user_id], qtable = applied.user, applied.qtable
-        result.applied += 1
+        if applied.capped:
+            result.capped += 1
+        else:
+            result.applied += 1
     result.qtable = qtable
     return result

@@ -106,6 +106,8 @@ class KarmaService:
             "action_stats": user.action_stats,
             "corrective_guidance": corrective_guidance(self._policy, user, merit, ranked),
             "events_applied": user.events_applied,
+            "capped_stats": user.capped_stats,
+            
             "recommended_actions": ranked,
             "policy_version": self._policy.version,
             "last_updated": user.last_updated,
@@ -147,6 +149,7 @@ class KarmaService:
             "users_total": sum(counters.get(f"users:{role}", 0) for role in self._policy.states),
             "events": {
                 "applied": counters.get("applied", 0),
+                "capped": counters.get("capped", 0),
                 "ignored": counters.get("ignored", 0),
                 "failed": counters.get("failed", 0),
             },

@@ -36,7 +36,7 @@ class Outcome:
     """What applying one event produced, ready to be written."""
 
     event_id: str
-    status: str  # "applied" | "ignored"
+    status: str  # "applied" | "capped" (over a daily cap: history only) | "ignored"
     user_id: str | None = None
     history: dict[str, Any] | None = None
     received_at: str = ""
@@ -46,7 +46,7 @@ class Outcome:
     def marker_key(self) -> tuple[str, str]:
         """The item whose existence says this event was handled: for an applied event its history
         entry (keyed by user, time and id, all fixed by the event), else an `ignored` marker."""
-        if self.status == "applied" and self.user_id is not None:
+        if self.history is not None and self.user_id is not None:
             return f"user#{self.user_id}", f"h#{self.received_at}#{self.event_id}"
         return "ignored", self.event_id
 
@@ -68,6 +68,8 @@ def user_to_item(user: UserState) -> dict[str, Any]:
                     "action_stats": user.action_stats,
                     "cheat_times": list(user.cheat_times),
                     "paap": user.paap,
+                    "cap_counts": user.cap_counts,
+                    "capped_stats": user.capped_stats,
                 }
             )
         },
@@ -89,6 +91,8 @@ def user_from_item(item: dict[str, Any]) -> UserState:
         last_updated=item["last_updated"]["S"] or None,
         version=int(item["version"]["N"]),
         paap=float(state.get("paap", 0.0)),  # absent in states written before it was kept
+        cap_counts=state.get("cap_counts") or {},
+        capped_stats=state.get("capped_stats") or {},
     )
 
 
@@ -221,6 +225,7 @@ class KarmaStore:
             )
         adds = {
             "applied": sum(o.status == "applied" for o in outcomes),
+            "capped": sum(o.status == "capped" for o in outcomes),
             "ignored": sum(o.status == "ignored" for o in outcomes),
             **role_changes,
         }

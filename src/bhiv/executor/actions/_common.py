@@ -9,7 +9,6 @@ Failure classification (the engine retries only `retryable` failures):
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,6 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from bhiv import rfc3339
 from bhiv.executor.actions.base import ActionFailed, FieldProblem
 
 # Error codes AWS services answer when a later attempt may succeed (besides any 5xx / 429).
@@ -118,35 +118,28 @@ def check_text(
     return value
 
 
-_DATE_TIME = re.compile(r"\d{4}-?\d{2}-?\d{2}[T ]\d{2}")
-
-
 def check_date_time(
     fields: dict[str, Any],
     name: str,
     problems: list[FieldProblem],
     *,
     required: bool = True,
-    need_timezone: bool = False,
 ) -> datetime | None:
-    """Check an ISO 8601 date-time field (a date alone is not enough)."""
+    """Check an RFC 3339 date-time field (the spec's `format: date-time`: with a timezone)."""
     raw = check_text(fields, name, problems, required=required, max_len=64)
     if raw is None:
         return None
     parsed = parse_date_time(raw)
     if parsed is None:
-        problems.append(FieldProblem(name, f"must be an ISO 8601 date-time, e.g. 2030-01-31T09:00:00Z (got {raw!r})"))
-        return None
-    if need_timezone and parsed.utcoffset() is None:
-        problems.append(FieldProblem(name, "must include a timezone (Z or an offset like +05:30)"))
-        return None
+        problems.append(
+            FieldProblem(
+                name,
+                "must be an RFC 3339 date-time with a timezone (Z or an offset like +05:30), "
+                f"e.g. 2030-01-31T09:00:00Z (got {raw!r})",
+            )
+        )
     return parsed
 
 
 def parse_date_time(raw: str) -> datetime | None:
-    if not _DATE_TIME.match(raw):
-        return None
-    try:
-        return datetime.fromisoformat(raw)
-    except ValueError:
-        return None
+    return rfc3339.parse(raw)

@@ -64,7 +64,7 @@ class ReminderAction:
     def validate(self, fields: dict[str, Any]) -> list[FieldProblem]:
         problems: list[FieldProblem] = []
         check_text(fields, "message", problems, max_len=MAX_MESSAGE)
-        when = check_date_time(fields, "remind_at", problems, need_timezone=True)
+        when = check_date_time(fields, "remind_at", problems)
         if when is not None:
             now = self._clock()
             now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
