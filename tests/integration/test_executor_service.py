@@ -125,9 +125,9 @@ def test_delivery_has_one_shape_in_the_response_the_replay_and_the_execution(
     if mode != "ok":
         bucket.mode = mode
     service = _service(aws, bucket, Flaky(), Log(), budget=0.2)
-    _, first, _ = service.execute(_body())
-    _, replay, _ = service.execute(_body())
-    stored = service.execution("t-1")
+    _, first, _ = service.execute(REQUESTER, _body())
+    _, replay, _ = service.execute(REQUESTER, _body())
+    stored = service.execution(REQUESTER, "t-1")
     keys = {"state", "attempts", "delivered_at", "next_attempt_at", "last_error", "rejected_status"}
     assert set(first["delivery"]) == set(replay["delivery"]) == set(stored["delivery"]) == keys
     assert first["delivery"] == replay["delivery"] == stored["delivery"]

@@ -292,9 +292,18 @@ class ConsoleData:
         urls = self.urls
         execution: dict[str, Any] | None = None
         try:
+            from bhiv.auth import load_requesters
             from bhiv.executor import runtime as executor_runtime
 
-            execution = executor_runtime.service().execution(trace_id)
+            # executions belong to their requester: look under each one that may execute
+            for requester_id, scopes in load_requesters().items():
+                if "workflows:execute" not in scopes:
+                    continue
+                try:
+                    execution = executor_runtime.service().execution(requester_id, trace_id)
+                    break
+                except ApiError:
+                    continue
         except ApiError:
             execution = None
         status, page = self.get(f"{urls['bucket']}/core/events?" + urllib.parse.urlencode({"trace_id": trace_id}))

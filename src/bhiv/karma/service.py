@@ -107,7 +107,6 @@ class KarmaService:
             "corrective_guidance": corrective_guidance(self._policy, user, merit, ranked),
             "events_applied": user.events_applied,
             "capped_stats": user.capped_stats,
-            
             "recommended_actions": ranked,
             "policy_version": self._policy.version,
             "last_updated": user.last_updated,
