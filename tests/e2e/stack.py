@@ -120,3 +120,18 @@ def poll_until(fetch: Any, predicate: Any, timeout: float = 5.0, interval: float
         time.sleep(interval)
         result = fetch()
     return result
+
+
+def stored_event_ids(stack: RunningStack, user: str) -> list[str]:
+    """Every stored event id about `user`, across all pages of /core/events."""
+    ids: list[str] = []
+    cursor = None
+    while True:
+        params = {"user_id": user, "limit": "1000", **({"cursor": cursor} if cursor else {})}
+        page = requests.get(
+            f"{stack.bucket_url}/core/events", params=params, headers=stack.auth("bhiv_reader"), timeout=10
+        ).json()
+        ids += [e["event_id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return ids

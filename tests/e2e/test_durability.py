@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.stack import RunningStack, poll_until, start_stack
+from tests.e2e.stack import RunningStack, poll_until, start_stack, stored_event_ids
 
 pytestmark = pytest.mark.e2e
 
@@ -56,20 +56,6 @@ def _handled(karma: dict[str, Any]) -> int:
     return int(karma.get("events_applied") or 0) + sum(capped.values())
 
 
-def _stored_ids(stack: RunningStack, user: str) -> list[str]:
-    ids: list[str] = []
-    cursor = None
-    while True:
-        params = {"user_id": user, "limit": "1000", **({"cursor": cursor} if cursor else {})}
-        page = requests.get(
-            f"{stack.bucket_url}/core/events", params=params, headers=stack.auth("bhiv_reader"), timeout=10
-        ).json()
-        ids += [e["event_id"] for e in page["events"]]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return ids
-
-
 def test_sigkill_mid_stream_loses_nothing_acknowledged_and_applies_nothing_twice(tmp_path: Path) -> None:
     state = tmp_path / "state"
     user = f"k-{uuid.uuid4().hex[:6]}"
@@ -86,7 +72,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged_and_applies_nothing_twice
 
     restarted = start_stack(state)
     try:
-        stored = _stored_ids(restarted, user)
+        stored = stored_event_ids(restarted, user)
         assert len(stored) == len(set(stored))  # no duplicates ...
         assert set(acknowledged) <= set(stored)  # ... and every acknowledged one is there
         applied = poll_until(lambda: _karma(restarted, user), lambda k: _handled(k) == len(stored), timeout=30)
@@ -98,7 +84,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged_and_applies_nothing_twice
 
     again = start_stack(state)  # after a clean stop: restored from the compacted snapshot
     try:
-        assert len(_stored_ids(again, user)) == len(stored)
+        assert len(stored_event_ids(again, user)) == len(stored)
         assert _handled(_karma(again, user)) == len(stored)
         assert "from the snapshot" in again.output()
     finally:

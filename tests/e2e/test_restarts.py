@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.stack import BHIV, ROOT, RunningStack, free_port, poll_until
+from tests.e2e.stack import BHIV, ROOT, RunningStack, free_port, poll_until, stored_event_ids
 from tests.e2e.stack import start_stack as _start_stack
 
 pytestmark = pytest.mark.e2e
@@ -39,20 +39,6 @@ def _write(stack: RunningStack, user: str, event_id: str, action: str = "complet
         timeout=10,
     )
     return response.status_code
-
-
-def _stored_ids(stack: RunningStack, user: str) -> list[str]:
-    ids: list[str] = []
-    cursor = None
-    while True:
-        params = {"user_id": user, "limit": "1000", **({"cursor": cursor} if cursor else {})}
-        page = requests.get(
-            f"{stack.bucket_url}/core/events", params=params, headers=stack.auth("bhiv_reader"), timeout=10
-        ).json()
-        ids += [e["event_id"] for e in page["events"]]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return ids
 
 
 def _applied(stack: RunningStack, user: str) -> int:
@@ -109,7 +95,7 @@ def test_a_second_start_on_a_running_state_dir_exits_at_once_and_touches_nothing
         stack.stop(signal.SIGKILL)
     restarted = start_stack(state)  # the first stack's acknowledged writes survived its kill
     try:
-        assert sorted(_stored_ids(restarted, user)) == sorted(acknowledged)
+        assert sorted(stored_event_ids(restarted, user)) == sorted(acknowledged)
     finally:
         restarted.stop()
 
@@ -137,7 +123,7 @@ def test_a_torn_journal_tail_is_cut_and_every_later_start_works(tmp_path: Path) 
 
     third = start_stack(state)
     try:
-        assert sorted(_stored_ids(third, user)) == sorted(acknowledged)
+        assert sorted(stored_event_ids(third, user)) == sorted(acknowledged)
         poll_until(lambda: _applied(third, user), lambda n: n == len(acknowledged), timeout=30)
     finally:
         assert third.stop() == 0
@@ -198,7 +184,7 @@ def test_compaction_while_running_bounds_the_replay_and_loses_nothing(tmp_path: 
     try:
         (restored,) = _log_records(restarted, "State restored")
         assert restored["snapshot_items"] > 0
-        assert sorted(_stored_ids(restarted, user)) == sorted(acknowledged)
+        assert sorted(stored_event_ids(restarted, user)) == sorted(acknowledged)
         assert _applied(restarted, user) == 120
     finally:
         assert restarted.stop() == 0
