@@ -38,7 +38,7 @@ def application_order(events: Iterable[StoredEvent], recorded: dict[str, tuple[i
     legacy = [event for event in unique if event.event_id not in recorded]
     if recorded and legacy:
         # events applied before orders were recorded came first: keep them first, in log order
-        first_recorded = min(position[e] for e in recorded if e in position) if recorded else 0
+        first_recorded = min((position[e] for e in recorded if e in position), default=0)
         early = [event for event in legacy if position[event.event_id] < first_recorded]
         late = [event for event in legacy if position[event.event_id] >= first_recorded]
         return early + sorted((e for e in unique if e.event_id in recorded), key=key) + late

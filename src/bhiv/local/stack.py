@@ -223,12 +223,9 @@ class LocalStack:
         for poller in self._pollers:
             table = poller.mapping.table
             positions = list(poller.checkpoints.positions(table).values())
-            position = min((int(p) for p in positions if p), default=None) if positions and all(positions) else None
-            if table not in horizons:
-                horizons[table] = position
-            else:
-                current = horizons[table]
-                horizons[table] = None if current is None or position is None else min(current, position)
+            position = min(int(p) for p in positions) if positions and all(positions) else None
+            current = horizons.get(table, position)
+            horizons[table] = None if position is None or current is None else min(current, position)
         return horizons
 
     def _start_pollers(self, dynamodb: Any, sqs: Any, queue_urls: dict[str, str], tmpl: dict[str, Any]) -> None:
