@@ -17,6 +17,8 @@ import sys
 
 from aws_lambda_powertools import Logger
 
+from bhiv import fastjson
+
 CONSOLE_MODES = ("json", "human", "off")
 _SKIPPED_KEYS = frozenset({"timestamp", "level", "message", "service", "location", "sampling_rate"})
 
@@ -57,7 +59,12 @@ def get_logger(service: str) -> Logger:
     elif mode == "human":
         handler = HumanConsoleHandler(sys.stderr)
         handler.setLevel(logging.WARNING)
-    logger = Logger(service=service, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"), logger_handler=handler)
+    logger = Logger(
+        service=service,
+        level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"),
+        logger_handler=handler,
+        json_serializer=fastjson.log_line,
+    )
     log_dir = os.environ.get("BHIV_LOG_DIR")
     if log_dir and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
         os.makedirs(log_dir, exist_ok=True)
@@ -77,7 +84,7 @@ def attach_stack_logging(log_dir: str) -> None:
     if getattr(runtime, "_bhiv_attached", False):
         return
     os.makedirs(log_dir, exist_ok=True)
-    formatter = LambdaPowertoolsFormatter(service="stack")
+    formatter = LambdaPowertoolsFormatter(service="stack", json_serializer=fastjson.log_line)
     handlers: list[logging.Handler] = [logging.FileHandler(os.path.join(log_dir, "stack.log"), encoding="utf-8")]
     mode = console_mode()
     if mode == "json":

@@ -187,3 +187,27 @@ def test_stream_handler_reports_failures_from_the_first_bad_record(aws: dict[str
     response = runtime.handle_stream(batch, None)
     assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == ["2", "3", "4"]
     assert store.user("z").events_applied == 1  # type: ignore[union-attr]
+
+
+def test_counters_stay_exact_with_several_writers_caching_them(aws: dict[str, Any]) -> None:
+    """Each store caches the counters item it last wrote and puts it whole, conditional on its
+    version: writers interleaving (and a failure counted in between) must lose no count."""
+    stores = [KarmaStore(aws["dynamodb"], "KarmaTable") for _ in range(3)]
+    consumers = [KarmaConsumer(s, P, Log()) for s in stores[:2]]
+    events = _events(80, users=4)
+    for start in range(0, len(events), 10):
+        # the first writer goes on with its cached counters after a failure is counted elsewhere
+        consumers[0 if start < 50 else (start // 10) % 2].apply(events[start : start + 10])
+        if start == 30:
+            assert stores[2].record_failure("poison-1", "test")
+            assert not stores[1].record_failure("poison-1", "test")  # counted once
+    counters = stores[1].counters()
+    assert counters["applied"] + counters.get("capped", 0) + counters.get("ignored", 0) == len(events)
+    assert counters["failed"] == 1
+    assert "version" not in counters
+    expected = replay(P, events)
+    assert (counters["applied"], counters.get("capped", 0), counters.get("ignored", 0)) == (
+        expected.applied,
+        expected.capped,
+        expected.ignored,
+    )

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bhiv import fastjson
+
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 SQS_CHANGES = frozenset({"SendMessage", "SendMessageBatch", "DeleteMessage", "DeleteMessageBatch", "PurgeQueue"})
 ACCOUNT = "123456789012"
@@ -249,8 +251,8 @@ class DurableState:
             shard = table.stream_shard
             if shard is not None and len(shard.items) > streams_before.get(name, 0):
                 records[name] = [r.to_json() for r in shard.items[streams_before.get(name, 0) :]]
-        line = json.dumps({"g": self.generation, "p": images, "s": records}, default=_json_default) + "\n"
-        self._journal.write(line.encode("utf-8"))
+        line = fastjson.dumps_bytes({"g": self.generation, "p": images, "s": records}, default=_json_default)
+        self._journal.write(line + b"\n")
         self._journal.flush()
         if self.fsync:
             os.fsync(self._journal.fileno())

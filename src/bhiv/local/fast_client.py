@@ -29,6 +29,8 @@ from botocore.exceptions import ClientError, ParamValidationError
 from botocore.parsers import create_parser
 from botocore.validate import ParamValidator
 
+from bhiv import fastjson
+
 ACCOUNT = "123456789012"
 T = TypeVar("T")
 
@@ -62,7 +64,7 @@ def journal_write(action: str, request_json: str, write: Callable[[], T]) -> T:
     with durability.WRITE_LOCK:
         before = state.stream_lengths()
         result = write()
-        state.record(action, json.loads(request_json), before)
+        state.record(action, fastjson.loads(request_json), before)
         return result
 
 
@@ -191,9 +193,9 @@ class FastDynamoDB(_Local):
         operation = self._operation(action)
         if self.validates:
             self._validate(operation, params)
-        request_json = json.dumps(params, default=_json_default)
+        request_json = fastjson.dumps(params, default=_json_default)
         handler = self._handler(action)
-        handler.body = handler.params = json.loads(request_json)  # a private copy, as over the wire
+        handler.body = handler.params = fastjson.loads(request_json)  # a private copy, as over the wire
         run = getattr(handler, method)
         from werkzeug.exceptions import HTTPException
 
@@ -201,7 +203,7 @@ class FastDynamoDB(_Local):
             result = journal_write(action, request_json, run) if action in WRITES else run()
         except HTTPException as exc:
             raise self._moto_error(operation, exc) from None
-        body = result.result if hasattr(result, "result") else json.loads(result)
+        body = result.result if hasattr(result, "result") else fastjson.loads(result)
         if isinstance(body, Exception):  # moto's newer-style errors come back as results
             raise self._moto_error(operation, body) from None
         return self._result(operation, body)

@@ -25,6 +25,7 @@ def install() -> None:
     if _PATCHED:
         return
     _cheaper_items_and_conditions()
+    _faster_json_and_key_checks()
     from moto.dynamodb.comparisons import get_filter_expression as get_condition
     from moto.dynamodb.exceptions import (
         MultipleTransactionsException,
@@ -150,6 +151,58 @@ def _cheaper_items_and_conditions() -> None:
             module.get_filter_expression = get_filter_expression  # type: ignore[attr-defined]
         if hasattr(module, "create_condition_expression_parser"):
             module.create_condition_expression_parser = create_condition_expression_parser  # type: ignore[attr-defined]
+
+
+def _faster_json_and_key_checks() -> None:
+    """moto writes every answer, error and stream record size with the standard library's JSON
+    encoder, and checks a key's size by building a DynamoType for it on every put: about a tenth
+    of a local write. Same JSON (orjson, bhiv.local.fastjson), same limits and errors."""
+    import base64
+    from datetime import datetime
+
+    import moto.dynamodb.exceptions as exceptions_module
+    import moto.dynamodb.responses as responses_module
+    from moto.core.utils import unix_time
+    from moto.dynamodb.exceptions import HashKeyTooLong, RangeKeyTooLong
+    from moto.dynamodb.limits import HASH_KEY_MAX_LENGTH, RANGE_KEY_MAX_LENGTH
+    from moto.dynamodb.models import table as table_module
+    from moto.dynamodb.models import utilities
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.utilities import bytesize
+
+    from bhiv import fastjson
+
+    def default(value: Any) -> Any:  # moto's DynamoJsonEncoder.default
+        if isinstance(value, datetime):
+            return unix_time(value)
+        if hasattr(value, "to_json"):
+            return value.to_json()
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode("utf-8")
+        return None
+
+    def dynamo_json_dump(dynamo_object: Any) -> str:
+        return fastjson.dumps(dynamo_object, default=default)
+
+    for module in (utilities, responses_module, table_module, exceptions_module):
+        module.dynamo_json_dump = dynamo_json_dump  # type: ignore[attr-defined]
+
+    def key_size(value: Any) -> int:
+        if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("S"), str):
+            return int(bytesize(value["S"]))
+        return int(DynamoType(value).size())
+
+    def validate_key_sizes(self: Any, item_attrs: dict[str, Any]) -> None:
+        for hash_name in self.hash_key_names:
+            hash_value = item_attrs.get(hash_name)
+            if hash_value and key_size(hash_value) > HASH_KEY_MAX_LENGTH:
+                raise HashKeyTooLong
+        for range_name in self.range_key_names:
+            range_value = item_attrs.get(range_name)
+            if range_value and key_size(range_value) > RANGE_KEY_MAX_LENGTH:
+                raise RangeKeyTooLong
+
+    table_module.Table._validate_key_sizes = validate_key_sizes  # type: ignore[method-assign]
 
 
 class _ParsedCondition:

@@ -21,6 +21,7 @@ from bhiv.storage.events import storage_errors
 
 MARKER_TTL_SECONDS = 2 * 24 * 3600
 MAX_TRANSACTION_ITEMS = 100
+_UNREAD = object()
 
 
 class VersionConflict(Exception):
@@ -100,6 +101,10 @@ class KarmaStore:
     def __init__(self, client: Any, table: str) -> None:
         self._client = client
         self._table = table
+        # The counters item as this store last wrote it (None: absent), or _UNREAD. Counters are
+        # written as a whole item, conditional on that version: an ADD update costs several
+        # times a conditional put (in moto, and in write units for a large item in DynamoDB too).
+        self._counters_item: Any = _UNREAD
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -128,7 +133,7 @@ class KarmaStore:
     @storage_errors
     def counters(self) -> dict[str, int]:
         item = self._get("stats", "counters") or {}
-        return {k: int(v["N"]) for k, v in item.items() if "N" in v}
+        return {k: int(v["N"]) for k, v in item.items() if "N" in v and k != "version"}
 
     @storage_errors
     def history(self, user_id: str, limit: int, start_after: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -230,25 +235,16 @@ class KarmaStore:
             **role_changes,
         }
         adds = {k: v for k, v in adds.items() if v}
+        counters = None
         if adds:
-            names = {f"#c{i}": k for i, k in enumerate(adds)}
-            values = {f":c{i}": _n(v) for i, v in enumerate(adds.values())}
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
-                        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(adds))),
-                        "ExpressionAttributeNames": names,
-                        "ExpressionAttributeValues": values,
-                    }
-                }
-            )
+            put, counters = self._counters_put(adds)
+            items.append(put)
         if len(items) > MAX_TRANSACTION_ITEMS:
             raise ValueError(f"transaction of {len(items)} items; split the group")
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as exc:
+            self._counters_item = _UNREAD
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
             reasons = exc.response.get("CancellationReasons", [])
@@ -256,10 +252,36 @@ class KarmaStore:
             if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons[:markers]):
                 raise AlreadyApplied() from exc
             raise VersionConflict() from exc
+        except BaseException:
+            self._counters_item = _UNREAD
+            raise
+        if counters is not None:
+            self._counters_item = counters
+
+    def _counters_put(self, adds: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The counters item plus `adds`, and its put, conditional on the version it was read at."""
+        old = self._counters_item
+        if old is _UNREAD:
+            old = self._get("stats", "counters")
+        item: dict[str, Any] = dict(old) if old else {"pk": {"S": "stats"}, "sk": {"S": "counters"}}
+        for name, add in adds.items():
+            item[name] = _n(int(item.get(name, {}).get("N", "0")) + add)
+        version = old.get("version", {}).get("N") if old else None
+        item["version"] = _n(int(version or 0) + 1)
+        put: dict[str, Any] = {"TableName": self._table, "Item": item}
+        if old is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        elif version is None:  # written before the counters carried a version
+            put["ConditionExpression"] = "attribute_exists(pk) AND attribute_not_exists(version)"
+        else:
+            put["ConditionExpression"] = "version = :cv"
+            put["ExpressionAttributeValues"] = {":cv": {"N": version}}
+        return {"Put": put}, item
 
     @storage_errors
     def record_failure(self, event_id: str, reason: str) -> bool:
         """Count a distinct event that could not be applied (retries of it count once)."""
+        self._counters_item = _UNREAD
         try:
             self._client.transact_write_items(
                 TransactItems=[
@@ -274,7 +296,8 @@ class KarmaStore:
                         "Update": {
                             "TableName": self._table,
                             "Key": {"pk": {"S": "stats"}, "sk": {"S": "counters"}},
-                            "UpdateExpression": "ADD failed :one",
+                            # the version moves too: a commit's cached counters are then stale
+                            "UpdateExpression": "ADD failed :one, version :one",
                             "ExpressionAttributeValues": {":one": {"N": "1"}},
                         }
                     },
