@@ -37,10 +37,21 @@ def event_type_validators() -> dict[str, Any]:
     return validators
 
 
+@cache
+def _event_type_quick_checks() -> dict[str, Any]:
+    from bhiv.validation import quick_check
+
+    return {
+        path.name.removesuffix(".schema.json"): quick_check(json.loads(path.read_text(encoding="utf-8")))
+        for path in sorted((contracts_dir() / "events").glob("*.schema.json"))
+    }
+
+
 def event_type_errors(event_data: dict[str, Any]) -> list[dict[str, str]]:
     """Contract violations of event_data for its event type (none when the type has no contract)."""
-    validator = event_type_validators().get(str(event_data.get("event_type")))
-    if validator is None:
+    event_type = str(event_data.get("event_type"))
+    validator = event_type_validators().get(event_type)
+    if validator is None or _event_type_quick_checks()[event_type](event_data):
         return []
     errors = []
     for err in sorted(validator.iter_errors(event_data), key=lambda e: list(e.absolute_path)):

@@ -37,16 +37,16 @@ def dumps_bytes(value: Any, default: Callable[[Any], Any] | None = None) -> byte
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse JSON. orjson makes floats of integers over 64 bits: text with a run of 19 digits
-    (a number, or a string such as a stream sequence number) is parsed by the standard library."""
+    """Parse JSON. orjson makes floats of integers over 64 bits: text where a number of 19 digits or
+    more may start (after `[`, `:` or `,`, perhaps inside a string) is parsed by the standard library."""
     long_digits = _LONG_DIGITS_BYTES if isinstance(text, bytes) else _LONG_DIGITS
     if orjson is None or long_digits.search(text):  # type: ignore[arg-type]
         return json.loads(text)
     return orjson.loads(text)
 
 
-_LONG_DIGITS = re.compile(r"[0-9]{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS = re.compile(r"(?:^|[\[:,])\s*-?[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"(?:^|[\[:,])\s*-?[0-9]{19}")
 
 
 def log_line(record: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_DEPTH = 64  # arrays/objects inside each other; documented in every OpenAPI spec
@@ -77,27 +78,25 @@ def _openers_exceed_depth(raw: bytes | str) -> bool:
     return raw.count("[") + raw.count("{") > MAX_DEPTH
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def _scan_depth(raw: bytes | str) -> None:
     """Refuse nesting over MAX_DEPTH before the parser recurses into it (strings skipped)."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     depth = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    for bracket in _BRACKETS.findall(_STRING.sub("", text)):
+        if bracket in "[{":
             depth += 1
             if depth > MAX_DEPTH:
                 raise StrictJSONError(f"nested deeper than {MAX_DEPTH} levels")
-        elif ch in "]}":
+        else:
             depth -= 1
+
+
+# An unpaired surrogate in bytes of UTF-8 can only come from a \uD800-\uDFFF escape.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def loads(raw: bytes | str) -> Any:
@@ -117,5 +116,9 @@ def loads(raw: bytes | str) -> Any:
         raise StrictJSONError(f"nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise StrictJSONError(str(exc)) from None
+    # Nesting was bounded before parsing (few openers, or the scan). Bytes without a surrogate
+    # escape cannot hold an unpaired surrogate: nothing left to walk.
+    if isinstance(raw, bytes) and not _SURROGATE_ESCAPE.search(raw):
+        return value
     _check_tree(value)
     return value

@@ -4,11 +4,16 @@ contracts (and the OpenAPI specs built from the same shapes) say."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
+
+try:
+    import jsonschema_rs
+except ImportError:  # pragma: no cover - every request is then checked by the jsonschema package
+    jsonschema_rs = None  # type: ignore[assignment]
 from jsonschema.protocols import Validator
 
 from bhiv import strictjson
@@ -39,7 +44,35 @@ def validator(name: str) -> Validator:
     return validator_instance
 
 
+def quick_check(schema: dict[str, Any]) -> Callable[[Any], bool]:
+    """A fast "is this certainly valid?" for a schema: jsonschema-rs (about 50x faster than the
+    jsonschema package on our contracts). True means valid; False means "ask the jsonschema
+    package", which gives the errors a client reads. Anything it cannot take (a lone surrogate, an
+    integer over 64 bits) is False, so the answer never depends on it."""
+    if jsonschema_rs is None:
+        return lambda instance: False
+    try:
+        fast = jsonschema_rs.Draft202012Validator(schema)
+    except Exception:  # a schema it cannot compile: always ask the jsonschema package
+        return lambda instance: False
+
+    def check(instance: Any) -> bool:
+        try:
+            return bool(fast.is_valid(instance))
+        except Exception:
+            return False
+
+    return check
+
+
+@cache
+def _quick(name: str) -> Callable[[Any], bool]:
+    return quick_check(load_schema(name))
+
+
 def schema_errors(name: str, instance: Any, prefix: str = "") -> list[dict[str, str]]:
+    if _quick(name)(instance):
+        return []
     errors = []
     for err in validator(name).iter_errors(instance):
         path = ".".join(str(p) for p in err.absolute_path)

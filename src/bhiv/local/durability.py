@@ -239,10 +239,16 @@ class DurableState:
         if self._replaying or self._journal is None:
             return
         backend = self._backend()
-        images = []
-        for table_name, key in _touched_keys(action, request):
+        images: list[list[Any]] = []
+        for table_name, named, is_put in _touched_keys(action, request):
             table = backend.tables.get(table_name)
             if table is None:
+                continue
+            key = {table.hash_key_attr: named[table.hash_key_attr]}
+            if table.range_key_attr:
+                key[table.range_key_attr] = named[table.range_key_attr]
+            if is_put:  # a put that succeeded stored exactly its item (moto keeps what it is given)
+                images.append([table_name, key, named])
                 continue
             item = table.get_item(*_key_values(table, key))
             images.append([table_name, key, item.to_json()["Attributes"] if item is not None else None])
@@ -400,27 +406,27 @@ def _salvage(line: bytes) -> dict[str, Any] | None:
     return _parse_line(line[start:]) if start > 0 else None
 
 
-def _touched_keys(action: str, request: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(table, key or whole item) of every item a write request names."""
+def _touched_keys(action: str, request: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+    """(table, whole item for a put or key, is a put) of every item a write request names."""
     if action == "PutItem":
-        return [(request["TableName"], request["Item"])]
+        return [(request["TableName"], request["Item"], True)]
     if action in ("UpdateItem", "DeleteItem"):
-        return [(request["TableName"], request["Key"])]
-    touched: list[tuple[str, dict[str, Any]]] = []
+        return [(request["TableName"], request["Key"], False)]
+    touched: list[tuple[str, dict[str, Any], bool]] = []
     if action == "BatchWriteItem":
         for table, writes in request.get("RequestItems", {}).items():
             for write in writes:
                 if "PutRequest" in write:
-                    touched.append((table, write["PutRequest"]["Item"]))
+                    touched.append((table, write["PutRequest"]["Item"], True))
                 elif "DeleteRequest" in write:
-                    touched.append((table, write["DeleteRequest"]["Key"]))
+                    touched.append((table, write["DeleteRequest"]["Key"], False))
     elif action == "TransactWriteItems":
         for entry in request.get("TransactItems", []):
             for op_type, op in entry.items():
                 if op_type == "Put":
-                    touched.append((op["TableName"], op["Item"]))
+                    touched.append((op["TableName"], op["Item"], True))
                 elif op_type in ("Update", "Delete"):
-                    touched.append((op["TableName"], op["Key"]))
+                    touched.append((op["TableName"], op["Key"], False))
     return touched
 
 

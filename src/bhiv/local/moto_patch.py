@@ -10,11 +10,12 @@ rolling back. Semantics kept: all-or-nothing, per-item cancellation reasons, ALL
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from bisect import bisect_left, bisect_right, insort
 from operator import itemgetter
 from typing import Any
+
+import orjson
 
 _LOCK = threading.RLock()
 _PATCHED = False
@@ -76,12 +77,8 @@ def install() -> None:
                 names = op.get("ExpressionAttributeNames")
                 values = op.get("ExpressionAttributeValues")
                 if op_type == "Put":
-                    self.put_item(
-                        op["TableName"],
-                        op["Item"],
-                        expression_attribute_names=names,
-                        expression_attribute_values=values,
-                    )
+                    # its condition was checked above, under the same lock: not parsed again
+                    self.put_item(op["TableName"], op["Item"], overwrite=True)
                 elif op_type == "Delete":
                     self.delete_item(
                         op["TableName"], key, expression_attribute_names=names, expression_attribute_values=values
@@ -126,11 +123,11 @@ def _cheaper_items_and_conditions() -> None:
     import moto.dynamodb.responses as responses_module
 
     create_parser = comparisons.create_condition_expression_parser
-    parsed: dict[str, _ParsedCondition] = {}
+    parsed: dict[bytes, _ParsedCondition] = {}
 
     def create_condition_expression_parser(expr: str | None, names: Any, values: Any) -> Any:
         try:
-            key = json.dumps([expr, names, values], sort_keys=True)
+            key = orjson.dumps([expr, names, values], option=orjson.OPT_SORT_KEYS)
         except (TypeError, ValueError):
             return create_parser(expr, names, values)
         hit = parsed.get(key)
