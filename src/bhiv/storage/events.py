@@ -176,18 +176,21 @@ class EventStore:
     def append_many(self, events: list[NewEvent]) -> list[dict[str, Any] | None]:
         """Append events with distinct ids in one transaction; per event, the existing item or None.
 
-        Ids already stored are found with one BatchGetItem; the rest go in together, each on the
-        condition that its id is still free, so a concurrent writer can never be overwritten.
+        All go in together, each on the condition that its id is still free, so a concurrent writer
+        can never be overwritten. Only when that is refused (an id stored before: a retried batch)
+        are the stored ones fetched with one BatchGetItem, and the rest tried again.
         """
         result: list[dict[str, Any] | None] = [None] * len(events)
         pending = list(range(len(events)))
+        refused = False
         for _ in range(5):
-            existing = self._batch_get([events[i].event_id for i in pending])
-            for i in pending:
-                result[i] = existing.get(events[i].event_id)
-            pending = [i for i in pending if result[i] is None]
-            if not pending:
-                return result
+            if refused:
+                existing = self._batch_get([events[i].event_id for i in pending])
+                for i in pending:
+                    result[i] = existing.get(events[i].event_id)
+                pending = [i for i in pending if result[i] is None]
+                if not pending:
+                    return result
             try:
                 self._client.transact_write_items(
                     TransactItems=[
@@ -205,7 +208,7 @@ class EventStore:
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                     raise
-                # someone stored one of these ids meanwhile: look again and retry the rest
+                refused = True  # some ids are stored (by an earlier try, or a concurrent writer)
         raise StorageUnavailable("batch append kept conflicting with concurrent writers")
 
     def _batch_get(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
