@@ -146,7 +146,7 @@ def _all_pages(store: EventStore, newest_first: bool, limit: int) -> tuple[list[
             return seen, cursors
 
 
-def test_the_sharded_feed_pages_in_order_one_query_per_shard(aws: dict[str, Any]) -> None:
+def test_the_sharded_feed_pages_in_order_about_one_query_per_shard(aws: dict[str, Any]) -> None:
     client = _CountingClient(aws["dynamodb"])
     store = EventStore(client, "EventsTable", shards=5)
     ids = _fill(store, aws["dynamodb"], 97)
@@ -155,7 +155,7 @@ def test_the_sharded_feed_pages_in_order_one_query_per_shard(aws: dict[str, Any]
 
     client.queries.clear()
     store.query(EventQuery({}, None, None, 7, True, None))
-    assert client.queries == ["by_time"] * 5  # a page: one Query per shard
+    assert client.queries == ["by_time"] * 5  # a page: one Query per shard (here; at most a few more)
     client.queries.clear()
     newest_first, cursors = _all_pages(store, True, 7)
     assert newest_first == list(reversed(ids))  # every event once, in time order across shards
@@ -168,6 +168,44 @@ def test_the_sharded_feed_pages_in_order_one_query_per_shard(aws: dict[str, Any]
         EventQuery({}, isoformat(T0 + timedelta(seconds=10)), isoformat(T0 + timedelta(seconds=19)), 4, False, None)
     )
     assert [int(i["event_id"][1:]) for i in window.items] == [10, 11, 12, 13]
+
+
+def test_a_feed_page_reads_about_its_size_not_shards_times_it(aws: dict[str, Any]) -> None:
+    store = EventStore(aws["dynamodb"], "EventsTable", shards=4)
+    ids = _fill(store, aws["dynamodb"], 400)
+    seen: list[str] = []
+    start = None
+    while True:
+        page = store.query(EventQuery({}, None, None, 100, True, start))
+        assert len(page.items) == 100 or page.next_key is None  # full pages until the end
+        assert page.scanned_count <= 150 + 2 * 4  # was 400: every shard read a whole page
+        seen += [i["event_id"] for i in page.items]
+        start = page.next_key
+        if not start:
+            break
+    assert seen == list(reversed(ids))
+    for limit in (1, 2, 3):  # pages smaller than the shards
+        assert [i["event_id"] for i in store.query(EventQuery({}, None, None, limit, True, None)).items] == list(
+            reversed(ids)
+        )[:limit]
+
+
+def test_a_feed_whose_events_sit_in_one_shard_still_gives_full_exact_pages(aws: dict[str, Any]) -> None:
+    """Shard 0 holds everything (written before sharding): it is read again as the merge uses it up."""
+    ids = _fill(EventStore(aws["dynamodb"], "EventsTable", shards=1), aws["dynamodb"], 250)
+    store = EventStore(aws["dynamodb"], "EventsTable", shards=4)
+    for newest_first in (True, False):
+        pages = []
+        start = None
+        while True:
+            page = store.query(EventQuery({}, None, None, 100, newest_first, start))
+            pages.append([i["event_id"] for i in page.items])
+            assert page.scanned_count <= 4 * 100
+            start = page.next_key
+            if not start:
+                break
+        assert [len(p) for p in pages[:3]] == [100, 100, 50]
+        assert [event_id for p in pages for event_id in p] == (list(reversed(ids)) if newest_first else ids)
 
 
 def test_a_feed_cursor_is_stable_while_new_events_arrive(aws: dict[str, Any]) -> None:

@@ -185,8 +185,11 @@ def _faster_json_and_key_checks() -> None:
         module.dynamo_json_dump = dynamo_json_dump  # type: ignore[attr-defined]
 
     def key_size(value: Any) -> int:
-        if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("S"), str):
-            return int(bytesize(value["S"]))
+        if isinstance(value, dict) and len(value) == 1:
+            if isinstance(value.get("S"), str):
+                return int(bytesize(value["S"]))
+            if isinstance(value.get("N"), str):
+                return len(value["N"])  # DynamoType.size of a number: the length of its text
         return int(DynamoType(value).size())
 
     def validate_key_sizes(self: Any, item_attrs: dict[str, Any]) -> None:

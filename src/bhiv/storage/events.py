@@ -12,7 +12,6 @@ configured N would no longer be read.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -359,71 +358,79 @@ class EventStore:
         return [start_key[str(shard)] for shard in range(self._shards)]
 
     def _query_feed(self, query: EventQuery, params: dict[str, Any]) -> EventPage:
-        """A page of the sharded feed: one Query per shard, merged by ts_id.
+        """A page of the sharded feed: the shards merged by ts_id, each read a chunk at a time.
 
-        Each shard is read from its own position for up to ``limit`` items, so the merged first
-        ``limit`` are exact. An item is emitted only up to the nearest point where a shard stopped
-        reading with more left (items beyond it might still come from that shard); each shard's
-        next position is its last emitted item, or where it stopped reading when it emitted all.
+        Each shard is read ``1.5 x limit / shards`` items at a time (the events are spread evenly
+        over the shards: a second read of a shard is rare), and again only when the merge has used
+        all it read, so a page costs about 1.5 x ``limit`` items read, not ``shards x limit``. The
+        merge is exact: an item is emitted only while every shard that may hold a better one has
+        one read. Reads stop at ``shards x (limit + chunk)`` scanned (a selective filter): the page
+        then ends early, with a cursor. Each shard's next position is its last emitted item, or where it
+        stopped reading when it emitted everything it read.
         """
         positions = self._shard_positions(query.start_key)
         descending = query.newest_first
-        fetched: list[list[dict[str, Any]]] = []
-        stopped_at: list[str | None] = []  # per shard: last evaluated ts_id when more is left
+        chunk = -(-3 * query.limit // (2 * len(positions))) + 1
+        budget = (query.limit + chunk) * len(positions)
+        unread = [position != SHARD_EXHAUSTED for position in positions]  # a shard may hold more
+        read_to = list(positions)  # per shard: where its next read starts
+        buffers: list[list[dict[str, Any]]] = [[] for _ in positions]  # read, not emitted yet
         scanned = 0
-        for shard, position in enumerate(positions):
-            if position == SHARD_EXHAUSTED:
-                fetched.append([])
-                stopped_at.append(None)
-                continue
-            shard_params = {
-                **params,
-                "ExpressionAttributeValues": {**params["ExpressionAttributeValues"], ":k": {"S": feed_key(shard)}},
-                "Limit": query.limit,
-            }
-            if position:
-                shard_params["ExclusiveStartKey"] = {
-                    "event_id": {"S": position.split("#", 1)[1]},
-                    "feed": {"S": feed_key(shard)},
-                    "ts_id": {"S": position},
-                }
-            resp = self._client.query(**shard_params)
-            scanned += resp.get("ScannedCount", 0)
-            fetched.append([from_item(raw) for raw in resp.get("Items", [])])
-            last = resp.get("LastEvaluatedKey")
-            stopped_at.append(last["ts_id"]["S"] if last else None)
 
-        boundaries = [b for b in stopped_at if b is not None]
-        horizon = (max(boundaries) if descending else min(boundaries)) if boundaries else None
-        merged = heapq.merge(
-            *[[(item["ts_id"], shard, item) for item in items] for shard, items in enumerate(fetched)],
-            key=lambda entry: entry[0],
-            reverse=descending,
-        )
+        def read(shard: int) -> None:
+            """Read the shard until something is buffered, it is exhausted or the budget is spent."""
+            nonlocal scanned
+            while unread[shard] and not buffers[shard] and scanned < budget:
+                shard_params = {
+                    **params,
+                    "ExpressionAttributeValues": {**params["ExpressionAttributeValues"], ":k": {"S": feed_key(shard)}},
+                    "Limit": min(chunk, budget - scanned),
+                }
+                position = read_to[shard]
+                if position:
+                    shard_params["ExclusiveStartKey"] = {
+                        "event_id": {"S": position.split("#", 1)[1]},
+                        "feed": {"S": feed_key(shard)},
+                        "ts_id": {"S": position},
+                    }
+                resp = self._client.query(**shard_params)
+                scanned += int(resp.get("ScannedCount", 0))
+                buffers[shard].extend(from_item(raw) for raw in resp.get("Items", []))
+                last = resp.get("LastEvaluatedKey")
+                if last:
+                    read_to[shard] = last["ts_id"]["S"]
+                else:
+                    unread[shard] = False
+                    if buffers[shard]:
+                        read_to[shard] = buffers[shard][-1]["ts_id"]
+
+        for shard in range(len(positions)):
+            read(shard)
         page: list[dict[str, Any]] = []
-        emitted = [0] * len(positions)
-        for ts_id, shard, item in merged:
-            if len(page) == query.limit:
+        emitted_to = list(positions)  # per shard: the last item emitted from it
+        while len(page) < query.limit:
+            if any(unread[shard] and not buffers[shard] for shard in range(len(positions))):
+                break  # the budget is spent and that shard may hold the next item
+            heads = [(buffer[0]["ts_id"], shard) for shard, buffer in enumerate(buffers) if buffer]
+            if not heads:
                 break
-            if horizon is not None and (ts_id < horizon if descending else ts_id > horizon):
-                break
-            page.append(item)
-            emitted[shard] += 1
+            ts_id, shard = max(heads) if descending else min(heads)
+            page.append(buffers[shard].pop(0))
+            emitted_to[shard] = ts_id
+            if not buffers[shard]:
+                read(shard)
 
         next_positions: list[str] = []
         for shard, position in enumerate(positions):
-            items = fetched[shard]
-            if emitted[shard] < len(items):
-                next_positions.append(items[emitted[shard] - 1]["ts_id"] if emitted[shard] else position)
-            elif stopped_at[shard] is not None:
-                next_positions.append(stopped_at[shard] or position)
+            if buffers[shard]:
+                next_positions.append(emitted_to[shard])  # read again from there next time
+            elif unread[shard]:
+                next_positions.append(read_to[shard])
             elif descending or position == SHARD_EXHAUSTED:
                 next_positions.append(SHARD_EXHAUSTED)  # nothing older will appear in an append-only feed
             else:
-                next_positions.append(items[-1]["ts_id"] if items else position)  # newer ones may
-        more = any(stop is not None for stop in stopped_at) or any(
-            emitted[shard] < len(items) for shard, items in enumerate(fetched)
-        )
+                next_positions.append(read_to[shard])  # newer ones may
+        more = any(unread) or any(buffers)
         next_key = {str(shard): position for shard, position in enumerate(next_positions)} if more else None
         return EventPage(page, next_key, scanned)
 
