@@ -105,7 +105,7 @@ class LocalStack:
         self._lock.acquire(self._lock_info())
         self._owns_state_dir = True
 
-        from bhiv.local import moto_patch, server, template
+        from bhiv.local import moto_memory, moto_patch, server, template
         from bhiv.storage import aws
 
         os.chmod(self.state_dir, 0o700)
@@ -127,6 +127,7 @@ class LocalStack:
         self._mock = mock_aws()
         self._mock.start()
         moto_patch.install()
+        moto_memory.install()  # after moto_patch: its UpdateItem wrapper must see updates first
         if self.config.moto_port:
             from moto.server import ThreadedMotoServer
 
@@ -170,8 +171,7 @@ class LocalStack:
 
         self._start_pollers(dynamodb, sqs, queue_urls, tmpl)
         self._start_redriver(tmpl)
-        if self.config.durable:
-            self._start_compactor()
+        self._start_compactor()  # trims consumed stream records; compacts only a durable stack
         if self.config.console_port:
             from bhiv.console.server import start_console
 
@@ -202,6 +202,12 @@ class LocalStack:
 
         def loop() -> None:
             while not self._stopped.wait(COMPACT_CHECK_S):
+                try:  # consumed stream records are only memory: drop them every second
+                    self.durable.trim_streams(self.stream_horizons())
+                except Exception:
+                    log.exception("trimming the streams failed")
+                if not self.config.durable:
+                    continue
                 # Every `compact_every` item writes, or half the snapshot's size if that is more: the
                 # replay after a crash then costs at most half a snapshot load, and compactions of a
                 # large state stay rare (each copies every item).
@@ -300,7 +306,7 @@ class LocalStack:
                     "records_failed": poller.records_failed,
                 },
             )
-        if self._mock is not None and self.config.durable:
+        if self._mock is not None and self.config.durable and self.durable.refused is None:
             if not drained:
                 log.warning("stream consumers did not catch up; their unread records are kept in the snapshot")
             self.durable.compact(self.stream_horizons())

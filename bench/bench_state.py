@@ -1,0 +1,84 @@
+"""The local stack's state at scale: RSS and start-up (clean-stop snapshot, after kill -9).
+
+Fills a `bhiv up` state dir through the batch API (or reuses one filled before), then measures:
+
+rss filled     RSS once the consumers have caught up
+clean stop     seconds for SIGINT to finish (drain + final compaction)
+snapshot       start-up from the clean-stop snapshot: seconds to healthy, RSS
+after kill -9  500 single writes, kill -9, start-up again (snapshot + journal replay), RSS
+
+Usage: .venv/bin/python bench/bench_state.py --size 100000 [--state-dir DIR (kept, reused)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_scale import _caught_up, _fill, _progress, _rss_mb, _single, _startup  # noqa: E402
+
+
+def _stored(state: Path) -> int:
+    marker = state / "bench-filled.json"
+    return int(json.loads(marker.read_text())["size"]) if marker.exists() else 0
+
+
+def measure(state: Path, size: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"size": size, "load": os.getloadavg()[0]}
+    stored = _stored(state)
+    stack, result["startup_first_s"] = _startup(state)
+    try:
+        if stored < size:
+            _progress(f"filling {size - stored:,} events")
+            result["fill_rate"] = _fill(stack, stored, size - stored)
+            _caught_up(stack, size)
+            (state / "bench-filled.json").write_text(json.dumps({"size": size}))
+        result["rss_filled_mb"] = _rss_mb(stack.process.pid)
+    finally:
+        t0 = time.perf_counter()
+        stack.stop(timeout=600)
+        result["clean_stop_s"] = time.perf_counter() - t0
+    result["snapshot_mb"] = (state / "snapshot.json").stat().st_size / 1e6 if (state / "snapshot.json").exists() else 0
+    stack, result["startup_snapshot_s"] = _startup(state)
+    result["rss_after_start_mb"] = _rss_mb(stack.process.pid)
+    try:
+        _single(stack, 10_000_000 + int(time.time()) % 1_000_000 * 10, 500)
+    finally:
+        stack.stop(sig=signal.SIGKILL)
+    stack, result["startup_after_kill_s"] = _startup(state)
+    result["rss_after_kill_start_mb"] = _rss_mb(stack.process.pid)
+    t0 = time.perf_counter()
+    stack.stop(timeout=600)
+    result["clean_stop_2_s"] = time.perf_counter() - t0
+    (state / "bench-filled.json").write_text(json.dumps({"size": size}))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--state-dir", type=Path, default=None, help="kept and reused by later runs")
+    args = parser.parse_args()
+    os.environ["BHIV_RATE_LIMITS"] = "off"  # the stack inherits it: the fill is far over any limit
+    if args.state_dir is not None:
+        result = measure(args.state_dir.resolve(), args.size)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = measure(Path(tmp) / "state", args.size)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
