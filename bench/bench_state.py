@@ -26,12 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import _caught_up, _fill, _progress, _rss_mb, _single, _startup  # noqa: E402
+from bench_scale import Http, _caught_up, _event_data, _fill, _progress, _rss_mb, _startup  # noqa: E402
 
 
 def _stored(state: Path) -> int:
     marker = state / "bench-filled.json"
     return int(json.loads(marker.read_text())["size"]) if marker.exists() else 0
+
+
+def _single_writes(stack: Any, start: int, count: int) -> None:
+    writer = Http(stack.bucket_url, stack.tokens["workflow_executor"])
+    for i in range(start, start + count):
+        body = {"requester_id": "workflow_executor", "event_data": _event_data(i)}
+        status, answer = writer.call("POST", "/core/write-event", body)
+        assert status in (200, 201) and answer.get("success"), answer
 
 
 def measure(state: Path, size: int) -> dict[str, Any]:
@@ -52,8 +60,9 @@ def measure(state: Path, size: int) -> dict[str, Any]:
     result["snapshot_mb"] = (state / "snapshot.json").stat().st_size / 1e6 if (state / "snapshot.json").exists() else 0
     stack, result["startup_snapshot_s"] = _startup(state)
     result["rss_after_start_mb"] = _rss_mb(stack.process.pid)
+    _progress(f"so far: {json.dumps(result)}")
     try:
-        _single(stack, 10_000_000 + int(time.time()) % 1_000_000 * 10, 500)
+        _single_writes(stack, 10_000_000 + int(time.time()) % 1_000_000 * 10, 500)
     finally:
         stack.stop(sig=signal.SIGKILL)
     stack, result["startup_after_kill_s"] = _startup(state)

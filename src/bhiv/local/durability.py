@@ -29,6 +29,8 @@ Design (see docs/local-state.md):
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import json
 import logging
 import os
@@ -45,6 +47,7 @@ DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteI
 SQS_CHANGES = frozenset({"SendMessage", "SendMessageBatch", "DeleteMessage", "DeleteMessageBatch", "PurgeQueue"})
 ACCOUNT = "123456789012"
 SNAPSHOT_FORMAT = "bhiv-snapshot"
+LOAD_CHUNK = 2000  # snapshot lines parsed by one json.loads
 SNAPSHOT_VERSION = 3  # JSON lines (see _write_snapshot); versions 1 and 2 (one JSON document) still load
 
 WRITE_LOCK = threading.RLock()
@@ -107,23 +110,48 @@ class DurableState:
     def checkpoint_dir(self) -> Path:
         return self.dir / "checkpoints"
 
-    def restore(self, dynamodb: Any, sqs: Any, progress: Callable[[str], None] | None = None) -> None:
-        """Snapshot, then the journal tail, into the (already created, empty) moto tables."""
-        from bhiv.local import moto_memory
+    def restore(
+        self,
+        dynamodb: Any,
+        sqs: Any,
+        progress: Callable[[str], None] | None = None,
+        horizons: dict[str, int | None] | None = None,
+    ) -> None:
+        """Snapshot, then the journal tail, into the (already created, empty) moto tables.
+
+        `horizons` (per table, the lowest position every consumer of its stream has checkpointed):
+        replayed stream records up to it are dropped as the replay goes, not kept until the first
+        trim (a journal holds every record since the last compaction)."""
+        from bhiv.local import moto_memory, moto_patch
 
         moto_memory.install()
         progress = progress or progress_hook
-        if self.snapshot_path.exists():
-            if progress is not None:
-                progress(f"loading the snapshot ({self.snapshot_path.stat().st_size / 1e6:.1f} MB)")
-            try:
-                self._load_snapshot(progress)
-            except SnapshotError as exc:
-                self.refused = exc
-                raise
-            self.items_at_compaction = self.loaded_items
-        for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
-            shutil.rmtree(legacy, ignore_errors=True)
+        collecting = gc.isenabled()
+        gc.disable()  # millions of new objects and no garbage: full collections would only cost
+        try:
+            if self.snapshot_path.exists():
+                if progress is not None:
+                    progress(f"loading the snapshot ({self.snapshot_path.stat().st_size / 1e6:.1f} MB)")
+                try:
+                    self._load_snapshot(progress)
+                except SnapshotError as exc:
+                    self.refused = exc
+                    raise
+                self.items_at_compaction = self.loaded_items
+            for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
+                shutil.rmtree(legacy, ignore_errors=True)
+            self._replay(dynamodb, progress, horizons or {})
+            for table in self._backend().tables.values():
+                moto_patch.forget_key_indexes(table)
+        finally:
+            if collecting:
+                gc.enable()
+        gc.freeze()  # what was loaded stays: later collections need not walk it again
+        if self.queues_path.exists():
+            self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))
+        self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
+
+    def _replay(self, dynamodb: Any, progress: Callable[[str], None] | None, horizons: dict[str, int | None]) -> None:
         self._replaying = True
         try:
             for record in self._journal_records():
@@ -132,38 +160,42 @@ class DurableState:
                 self._apply(record, dynamodb)
                 self.replayed += 1
                 self.writes_since_compaction += max(1, len(record.get("p", [])))
-                if progress is not None and self.replayed % PROGRESS_EVERY == 0:
-                    progress(f"replayed {self.replayed} journal writes")
+                if self.replayed % PROGRESS_EVERY == 0:
+                    self._trim_replayed(horizons)
+                    if progress is not None:
+                        progress(f"replayed {self.replayed} journal writes")
+            self._trim_replayed(horizons)
         finally:
             self._replaying = False
-        if self.queues_path.exists():
-            self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))
-        self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
+
+    def _trim_replayed(self, horizons: dict[str, int | None]) -> None:
+        for name, table in self._backend().tables.items():
+            if table.stream_shard is not None and horizons.get(name) is not None:
+                self._trim_stream(table.stream_shard, horizons[name])
 
     def _journal_records(self) -> Iterator[dict[str, Any]]:
         """The journal's lines. A torn tail (a write cut short by a kill, never acknowledged) is cut
         off the file, so the next append starts a clean line."""
         if not self.journal_path.exists():
             return
-        with open(self.journal_path, "rb") as handle:
-            lines = handle.readlines()
         good_end = 0  # offset just after the last whole, readable line
         offset = 0
-        for line in lines:
-            offset += len(line)
-            record = _parse_line(line) if line.endswith(b"\n") else None
-            if record is None and line.endswith(b"\n"):
-                # A torn line that a later append completed (journals written before torn tails
-                # were truncated): the acknowledged write is the last whole record in it.
-                record = _salvage(line)
-                log.warning(
-                    "Journal line salvaged" if record else "Journal line unreadable; skipped",
-                    extra={"journal": str(self.journal_path), "offset": offset - len(line)},
-                )
-            if record is None:
-                continue
-            good_end = offset
-            yield record
+        with open(self.journal_path, "rb") as handle:  # line by line: a journal can be large
+            for line in handle:
+                offset += len(line)
+                record = _parse_line(line) if line.endswith(b"\n") else None
+                if record is None and line.endswith(b"\n"):
+                    # A torn line that a later append completed (journals written before torn tails
+                    # were truncated): the acknowledged write is the last whole record in it.
+                    record = _salvage(line)
+                    log.warning(
+                        "Journal line salvaged" if record else "Journal line unreadable; skipped",
+                        extra={"journal": str(self.journal_path), "offset": offset - len(line)},
+                    )
+                if record is None:
+                    continue
+                good_end = offset
+                yield record
         size = offset
         if size > good_end:
             with open(self.journal_path, "r+b") as handle:
@@ -262,18 +294,33 @@ class DurableState:
                     raise self._unreadable(f"table {section['table']!r} is not in template.yaml")
                 hash_attr, range_attr = table.hash_key_attr, table.range_key_attr
                 items = table.items
-                for _ in range(int(section["items"])):
-                    flat = parse(next_line("an item"), "an item")
+                remaining = int(section["items"])
+                while remaining > 0:  # parsed LOAD_CHUNK lines at a time: one json.loads per chunk
+                    chunk = list(itertools.islice(line_iter, min(remaining, LOAD_CHUNK)))
+                    if len(chunk) < min(remaining, LOAD_CHUNK) or not chunk[-1].endswith(b"\n"):
+                        raise self._unreadable(f"cut short (in the items of {section['table']})")
+                    joined = b"".join(chunk)
+                    crc = zlib.crc32(joined, crc)
+                    first_line = lines + 1
+                    lines += len(chunk)
+                    remaining -= len(chunk)
                     try:
-                        item = make_item(hash_attr, range_attr, flat)
-                    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                        raise self._unreadable(f"line {lines} is not an item of {section['table']}") from None
-                    if range_attr:
-                        items[item.hash_key][item.range_key] = item
-                    else:
-                        items[item.hash_key] = item
-                    count += 1
-                    if progress is not None and count % 50_000 == 0:
+                        flats = json.loads(b"[" + joined.replace(b"\n", b",")[:-1] + b"]")
+                    except ValueError:
+                        raise self._unreadable(f"lines {first_line}-{lines} (items) are not JSON") from None
+                    if len(flats) != len(chunk):
+                        raise self._unreadable(f"lines {first_line}-{lines} are not one item a line")
+                    for flat in flats:
+                        try:
+                            item = make_item(hash_attr, range_attr, flat)
+                        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                            raise self._unreadable(f"an item of {section['table']} is malformed") from None
+                        if range_attr:
+                            items[item.hash_key][item.range_key] = item
+                        else:
+                            items[item.hash_key] = item
+                    count += len(flats)
+                    if progress is not None and count // 50_000 != (count - len(flats)) // 50_000:
                         progress(f"loaded {count} items")
                 from bhiv.local import moto_patch
 
@@ -301,11 +348,7 @@ class DurableState:
             table = backend.tables[name]
             hash_attr, range_attr = table.hash_key_attr, table.range_key_attr
             for attrs in items:
-                flat: list[Any] = []
-                for attr, typed in attrs.items():
-                    for kind, value in typed.items():
-                        flat += (attr, kind, value)
-                item = moto_memory.make_item(hash_attr, range_attr, flat)
+                item = moto_memory.make_item(hash_attr, range_attr, _flat(attrs))
                 if range_attr:
                     table.items[item.hash_key][item.range_key] = item
                 else:
@@ -379,19 +422,26 @@ class DurableState:
         if "a" in record:  # a request, as journals before effects were recorded
             dynamodb._make_api_call(record["a"], json.loads(record["b"]))
             return
+        from bhiv.local.moto_memory import make_item
+
         backend = self._backend()
         for table_name, key, attrs in record.get("p", []):
             table = backend.tables.get(table_name)
             if table is None:
                 continue
-            shard, table.stream_shard = table.stream_shard, None
-            try:
-                if attrs is None:
+            if attrs is None:
+                shard, table.stream_shard = table.stream_shard, None
+                try:
                     table.delete_item(*_key_values(table, key))
-                else:
-                    table.put_item(attrs)
-            finally:
-                table.stream_shard = shard
+                finally:
+                    table.stream_shard = shard
+                continue
+            # the after-image, as a snapshot's item is loaded (it passed moto's checks when written)
+            item = make_item(table.hash_key_attr, table.range_key_attr, _flat(attrs))
+            if table.range_key_attr:
+                table.items[item.hash_key][item.range_key] = item
+            else:
+                table.items[item.hash_key] = item
         for table_name, stream_records in record.get("s", {}).items():
             table = backend.tables.get(table_name)
             if table is not None and table.stream_shard is not None:
@@ -550,6 +600,15 @@ class _RestoredRecord:
 
     def to_json(self) -> dict[str, Any]:
         return self.record
+
+
+def _flat(attrs: dict[str, Any]) -> list[Any]:
+    """An item's DynamoDB JSON as [name, type, value, ...] (moto_memory.make_item)."""
+    flat: list[Any] = []
+    for attr, typed in attrs.items():
+        for kind, value in typed.items():
+            flat += (attr, kind, value)
+    return flat
 
 
 def _json_default(value: Any) -> Any:

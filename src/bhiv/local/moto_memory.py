@@ -3,9 +3,15 @@
 * **Loading**: `make_item` builds a moto `Item` straight from its DynamoDB JSON without
   `DynamoType.__init__`'s generic path for the scalar types (S, N, BOOL, NULL); the result is the
   object moto's own constructor makes (same `type`, same `value`).
-* **Interning**: attribute names, and string values that repeat (event types, requester ids, feed
-  names, marker partitions, timestamps held twice in one item), are shared between items instead
-  of held once per item. Strings are immutable: sharing one changes no answer.
+* **Slots**: moto's `DynamoType` (one per attribute of every item: about 30 per stored event) keeps
+  its two fields in a per-object dict; `install` replaces the class, before anything is stored, by
+  the same class with `__slots__ = ("type", "value")`: 48 bytes instead of 88, same methods,
+  rebound in every module that imported it. Nothing in moto sets other fields on one.
+* **Sharing**: attribute names, and scalar attributes that repeat (event types, requester ids,
+  feed names, marker partitions, a timestamp held twice in one item), are one object shared by the
+  items that hold them. moto never changes a scalar `DynamoType` in place (an update replaces the
+  attribute; only map and list values are changed in place, and those are never shared), so
+  sharing one changes no answer.
 * **Copy on write for compactions** (`TableCopy`): a compaction takes references to every item
   under the write lock (milliseconds), then serialises them without it. moto replaces an item on a
   put and deletes by dropping the reference, so both leave the referenced object as it was; only
@@ -25,22 +31,29 @@ _PATCHED = False
 _COPY_LOCK = threading.Lock()
 _OPEN_COPIES: list[TableCopy] = []
 
-# String values up to this length are looked up in the intern table; longer ones (payloads) rarely
-# repeat and would only grow the table.
-INTERN_MAX_LEN = 64
-INTERN_TABLE_MAX = 200_000  # cleared when full: a bound, not a cache policy
-_interned: dict[str, str] = {}
+# Scalars up to this length are looked up in the shared table; longer ones (payloads, composite
+# keys) rarely repeat and would only grow the table.
+SHARE_MAX_LEN = 40
+SHARE_TABLE_MAX = 200_000  # cleared when full: a bound, not a cache policy
+_shared: dict[tuple[str, Any], Any] = {}
 _SCALARS = frozenset({"S", "N", "BOOL", "NULL"})
 
 
-def intern_value(value: str) -> str:
-    if len(value) > INTERN_MAX_LEN:
-        return value
-    found = _interned.get(value)
+def shared_scalar(kind: str, value: Any) -> Any:
+    """The shared DynamoType for a short scalar, or None (too long, or not a scalar)."""
+    if kind not in _SCALARS or (isinstance(value, str) and len(value) > SHARE_MAX_LEN):
+        return None
+    key = (kind, value)
+    found = _shared.get(key)
     if found is None:
-        if len(_interned) >= INTERN_TABLE_MAX:
-            _interned.clear()
-        _interned[value] = found = value
+        from moto.dynamodb.models.dynamo_type import DynamoType
+
+        if len(_shared) >= SHARE_TABLE_MAX:
+            _shared.clear()
+        found = DynamoType.__new__(DynamoType)
+        found.type = kind
+        found.value = sys.intern(value) if isinstance(value, str) else value
+        _shared[key] = found
     return found
 
 
@@ -51,16 +64,21 @@ def make_item(hash_attr: str, range_attr: str | None, flat: list[Any]) -> Any:
     from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 
     new = DynamoType.__new__
+    shared = _shared
     attrs = LimitedSizeDict()
     put = dict.__setitem__
     for position in range(0, len(flat), 3):
         name, kind, value = flat[position], flat[position + 1], flat[position + 2]
-        if kind in _SCALARS:
-            attribute = new(DynamoType)
-            attribute.type = kind
-            attribute.value = intern_value(value) if kind == "S" else value
-        else:
-            attribute = DynamoType({kind: value})
+        attribute = shared.get((kind, value)) if kind in _SCALARS else None
+        if attribute is None:
+            attribute = shared_scalar(kind, value)
+            if attribute is None:
+                if kind in _SCALARS:
+                    attribute = new(DynamoType)
+                    attribute.type = kind
+                    attribute.value = value
+                else:
+                    attribute = DynamoType({kind: value})
         put(attrs, sys.intern(name), attribute)
     item = Item.__new__(Item)
     item.attrs = attrs
@@ -78,16 +96,34 @@ def flat_attributes(item: Any) -> list[Any]:
     return flat
 
 
-def share_strings(item: Any) -> None:
-    """Intern an item's attribute names and short string values in place (same values)."""
+def share_scalars(item: Any) -> None:
+    """Replace an item's short scalar attributes by the shared ones, and intern its attribute names
+    (equal values, so the same answers)."""
     attrs = item.attrs
     for name, attribute in list(attrs.items()):
-        if attribute.type == "S" and isinstance(attribute.value, str):
-            attribute.value = intern_value(attribute.value)
+        shared = shared_scalar(attribute.type, attribute.value)
         interned = sys.intern(name)
         if interned is not name:
-            value = dict.pop(attrs, name)
-            dict.__setitem__(attrs, interned, value)
+            dict.pop(attrs, name)
+            dict.__setitem__(attrs, interned, shared or attribute)
+        elif shared is not None and shared is not attribute:
+            dict.__setitem__(attrs, name, shared)
+
+
+def _slotted_dynamo_type() -> None:
+    """moto's DynamoType with __slots__, rebound wherever the class was imported (see above)."""
+    import moto.dynamodb.models.dynamo_type as module
+
+    old = module.DynamoType
+    if "__slots__" in vars(old):
+        return
+    namespace = {k: v for k, v in vars(old).items() if k not in ("__dict__", "__weakref__")}
+    namespace["__slots__"] = ("type", "value")
+    new = type(old.__name__, old.__bases__, namespace)
+    new.__qualname__ = old.__qualname__
+    for loaded in list(sys.modules.values()):
+        if getattr(loaded, "DynamoType", None) is old:
+            loaded.DynamoType = new
 
 
 class TableCopy:
@@ -148,11 +184,13 @@ def _before_update(table: Any, key: dict[str, Any]) -> None:
 
 
 def install() -> None:
-    """Patch moto (idempotent): UpdateItem records the item's prior image for open table copies,
-    and items written through moto share their attribute names and short string values."""
+    """Patch moto (idempotent; before bhiv.local.moto_patch, which calls it first): DynamoType
+    with slots, UpdateItem records the item's prior image for open table copies, and items written
+    through moto share their names and short scalars."""
     global _PATCHED
     if _PATCHED:
         return
+    _slotted_dynamo_type()
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
 
@@ -165,7 +203,7 @@ def install() -> None:
                 _before_update(table, key)
         item = update_item(self, table_name, key, *args, **kwargs)
         if item is not None:
-            share_strings(item)
+            share_scalars(item)
         return item
 
     DynamoDBBackend.update_item = update_item_copy_aware  # type: ignore[method-assign]
@@ -175,7 +213,7 @@ def install() -> None:
     def put_item_shared(self: Any, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         item = put_item(self, item_attrs, *args, **kwargs)
         if item is not None:
-            share_strings(item)
+            share_scalars(item)
         return item
 
     Table.put_item = put_item_shared  # type: ignore[method-assign]

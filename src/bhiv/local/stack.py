@@ -126,8 +126,8 @@ class LocalStack:
 
         self._mock = mock_aws()
         self._mock.start()
+        moto_memory.install()  # slotted DynamoType, shared scalars, copy-on-write compactions
         moto_patch.install()
-        moto_memory.install()  # after moto_patch: its UpdateItem wrapper must see updates first
         if self.config.moto_port:
             from moto.server import ThreadedMotoServer
 
@@ -144,7 +144,7 @@ class LocalStack:
         started = time.monotonic()
         self.durable = DurableState(self.state_dir, os.environ["AWS_DEFAULT_REGION"], enabled=self.config.durable)
         if self.config.durable:
-            self.durable.restore(dynamodb, sqs)
+            self.durable.restore(dynamodb, sqs, horizons=self._saved_horizons())
             activate(self.durable)
         self.restore_seconds = time.monotonic() - started
         if self.config.durable:
@@ -222,6 +222,20 @@ class LocalStack:
 
         self._compactor = threading.Thread(target=loop, name="compactor", daemon=True)
         self._compactor.start()
+
+    def _saved_horizons(self) -> dict[str, int | None]:
+        """stream_horizons() from the checkpoint files, before the pollers start."""
+        from bhiv.local import template
+        from bhiv.local.streams import Checkpoints
+
+        horizons: dict[str, int | None] = {}
+        for mapping in template.stream_mappings(template.load_template()):
+            path = self.durable.checkpoint_dir() / f"{mapping.function}.json"
+            positions = list(Checkpoints(path, log).positions(mapping.table).values()) if path.exists() else []
+            position = min(int(p) for p in positions if p) if positions and all(positions) else None
+            current = horizons.get(mapping.table, position)
+            horizons[mapping.table] = None if position is None or current is None else min(current, position)
+        return horizons
 
     def stream_horizons(self) -> dict[str, int | None]:
         """Per table: the lowest sequence number all of its stream's consumers have checkpointed."""
