@@ -253,3 +253,85 @@ def test_written_items_share_their_names_and_short_strings_and_answer_the_same(t
             got = dynamodb.get_item(TableName="EventsTable", Key=_key(i))["Item"]
             assert got == _event(i)
         state.close()
+
+
+def test_dynamo_type_has_slots_everywhere_moto_uses_it() -> None:
+    import moto.dynamodb.models as models
+    import moto.dynamodb.models.dynamo_type as dynamo_type
+    import moto.dynamodb.models.table as table_module
+
+    from bhiv.local import moto_patch
+
+    moto_patch.install()  # installs moto_memory first
+    assert dynamo_type.DynamoType.__slots__ == ("type", "value")
+    assert models.DynamoType is dynamo_type.DynamoType
+    assert table_module.DynamoType is dynamo_type.DynamoType
+    value = dynamo_type.DynamoType({"M": {"a": {"L": [{"S": "x"}]}}})
+    assert type(value.value["a"]) is dynamo_type.DynamoType
+    assert dynamo_type.DynamoType(value) == value  # moto's copy constructor still recognises it
+    assert value.size() > 0
+
+
+def test_an_update_of_a_shared_scalar_changes_only_its_own_item(tmp_path: Path) -> None:
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        keys = [{"pk": {"S": "p"}, "sk": {"S": str(i)}} for i in range(3)]
+        for key in keys:
+            dynamodb.put_item(
+                TableName="BucketStatsTable",
+                Item={**key, "n": {"N": "1"}, "kind": {"S": "same"}, "m": {"M": {"a": {"S": "same"}}}},
+            )
+        table = _backend().tables["BucketStatsTable"]
+        items = [table.get_item(*durability._key_values(table, key)) for key in keys]
+        assert items[0].attrs["kind"] is items[1].attrs["kind"]  # one object for the repeated scalar
+        assert items[0].attrs["n"] is items[1].attrs["n"]
+        dynamodb.update_item(
+            TableName="BucketStatsTable",
+            Key=keys[0],
+            UpdateExpression="ADD n :one SET kind = :other, m.a = :other",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":other": {"S": "changed"}},
+        )
+        dynamodb.update_item(
+            TableName="BucketStatsTable",
+            Key=keys[1],
+            UpdateExpression="REMOVE kind",
+        )
+        got = [dynamodb.get_item(TableName="BucketStatsTable", Key=key)["Item"] for key in keys]
+        assert (got[0]["n"], got[0]["kind"], got[0]["m"]) == (
+            {"N": "2"},
+            {"S": "changed"},
+            {"M": {"a": {"S": "changed"}}},
+        )
+        assert "kind" not in got[1] and got[1]["n"] == {"N": "1"}
+        assert got[2] == {**keys[2], "n": {"N": "1"}, "kind": {"S": "same"}, "m": {"M": {"a": {"S": "same"}}}}
+        state.close()
+
+
+def test_items_stream_records_and_iterators_are_not_kept_after_use(tmp_path: Path) -> None:
+    """moto keeps every model instance in a class-wide list: every replaced item, every Query copy,
+    every stream record, however long ago it was dropped."""
+    import gc
+    import weakref
+
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.dynamodb.models.table import StreamRecord
+
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        _workload(dynamodb, 0)
+        table = _backend().tables["EventsTable"]
+        replaced = weakref.ref(table.get_item(*durability._key_values(table, _key(3))))
+        records = [weakref.ref(r) for r in _shard().items]
+        dynamodb.put_item(TableName="EventsTable", Item={**_event(3), "extra": {"S": "x"}})
+        dynamodb.query(
+            TableName="EventsTable",
+            IndexName="by_time",
+            KeyConditionExpression="feed = :f",
+            ExpressionAttributeValues={":f": _event(3)["feed"]},
+        )
+        state.trim_streams({"EventsTable": int(_shard().items[-1].to_json()["dynamodb"]["SequenceNumber"])})
+        gc.collect()
+        assert replaced() is None
+        assert records and [r for r in records if r() is not None] == []
+        assert Item.instances_tracked == [] and StreamRecord.instances_tracked == []
+        state.close()

@@ -1,5 +1,13 @@
 """moto's items, cheaper to hold and to load, and a consistent copy of the tables without a long lock.
 
+* **No instance tracking for items and stream records**: every moto model (`BaseModel`) appends
+  each instance it creates to a class-wide list, for moto server's `/moto-api/data.json`
+  dashboard, and never lets go of it. For DynamoDB that is every item ever stored, every item a
+  put replaced, every copy moto makes for a Query answer or before an UpdateItem, every stream
+  record and every shard iterator: memory that only grows, whatever is deleted or trimmed. Those
+  four classes are no longer tracked (the dashboard does not list them); nothing else reads the
+  lists.
+
 * **Loading**: `make_item` builds a moto `Item` straight from its DynamoDB JSON without
   `DynamoType.__init__`'s generic path for the scalar types (S, N, BOOL, NULL); the result is the
   object moto's own constructor makes (same `type`, same `value`).
@@ -110,6 +118,26 @@ def share_scalars(item: Any) -> None:
             dict.__setitem__(attrs, name, shared)
 
 
+def _untracked_models() -> None:
+    """Items, stream records and shard iterators are not kept in moto's instance lists (above)."""
+    from moto.core.common_models import BaseModel
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.dynamodb.models.table import StreamRecord
+    from moto.dynamodbstreams.models import ShardIterator
+
+    untracked = (Item, StreamRecord, ShardIterator)
+    tracked_new = BaseModel.__new__
+
+    def __new__(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if cls in untracked:
+            return object.__new__(cls)
+        return tracked_new(cls, *args, **kwargs)
+
+    BaseModel.__new__ = staticmethod(__new__)  # type: ignore[assignment,method-assign]
+    for model in untracked:
+        model.instances_tracked = []
+
+
 def _slotted_dynamo_type() -> None:
     """moto's DynamoType with __slots__, rebound wherever the class was imported (see above)."""
     import moto.dynamodb.models.dynamo_type as module
@@ -191,6 +219,7 @@ def install() -> None:
     if _PATCHED:
         return
     _slotted_dynamo_type()
+    _untracked_models()
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
 
