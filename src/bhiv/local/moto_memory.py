@@ -151,7 +151,7 @@ def _slotted_dynamo_type() -> None:
     new.__qualname__ = old.__qualname__
     for loaded in list(sys.modules.values()):
         if getattr(loaded, "DynamoType", None) is old:
-            loaded.DynamoType = new
+            loaded.DynamoType = new  # type: ignore[attr-defined]
 
 
 class TableCopy:
