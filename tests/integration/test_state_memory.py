@@ -335,3 +335,30 @@ def test_items_stream_records_and_iterators_are_not_kept_after_use(tmp_path: Pat
         assert records and [r for r in records if r() is not None] == []
         assert Item.instances_tracked == [] and StreamRecord.instances_tracked == []
         state.close()
+
+
+def test_compact_stream_records_read_back_exactly_as_moto_builds_them(tmp_path: Path) -> None:
+    from moto.dynamodb.models import table as table_module
+
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        _workload(dynamodb, 0)
+        dynamodb.put_item(TableName="EventsTable", Item={**_event(9), "m": {"M": {"a": {"L": [{"S": "x"}]}}}})
+        shard = _shard()
+        assert shard.items
+        assert all(isinstance(r, table_module.StreamRecord) and "_packed" in r.__dict__ for r in shard.items)
+        table = _backend().tables["EventsTable"]
+        item = table.get_item(*durability._key_values(table, _key(9)))
+        moto_class = table_module.StreamRecord.__mro__[1]
+        for old, new in ((None, item), (item, item), (item, None)):
+            native = moto_class(table, "NEW_AND_OLD_IMAGES", "MODIFY", old, new, 7).record
+            packed = moto_memory.pack_record(native)
+            assert packed is not None
+            rebuilt = moto_memory.unpack_record(packed)
+            assert json.dumps(rebuilt, default=str) == json.dumps(native, default=str)  # same keys, same order
+            assert rebuilt is not moto_memory.unpack_record(packed)
+        record = shard.items[-1]
+        assert record.record == record.to_json()
+        assert record.to_json()["dynamodb"]["NewImage"]["m"] == {"M": {"a": {"L": [{"S": "x"}]}}}
+        assert moto_memory.pack_record({"eventID": "x"}) is None  # another shape: kept as it is
+        state.close()
