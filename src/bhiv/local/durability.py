@@ -146,6 +146,7 @@ class DurableState:
         finally:
             if collecting:
                 gc.enable()
+        moto_memory.forget_shared()
         gc.freeze()  # what was loaded stays: later collections need not walk it again
         if self.queues_path.exists():
             self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))

@@ -44,27 +44,34 @@ _OPEN_COPIES: list[TableCopy] = []
 # Scalars up to this length are looked up in the shared table; longer ones (payloads, composite
 # keys) rarely repeat and would only grow the table.
 SHARE_MAX_LEN = 40
-SHARE_TABLE_MAX = 200_000  # cleared when full: a bound, not a cache policy
-_shared: dict[tuple[str, Any], Any] = {}
+SHARE_TABLE_MAX = 50_000  # per type; cleared when full: a bound, not a cache policy
 _SCALARS = frozenset({"S", "N", "BOOL", "NULL"})
+_shared: dict[str, dict[Any, Any]] = {kind: {} for kind in _SCALARS}
 
 
 def shared_scalar(kind: str, value: Any) -> Any:
     """The shared DynamoType for a short scalar, or None (too long, or not a scalar)."""
-    if kind not in _SCALARS or (isinstance(value, str) and len(value) > SHARE_MAX_LEN):
+    table = _shared.get(kind)
+    if table is None or (isinstance(value, str) and len(value) > SHARE_MAX_LEN):
         return None
-    key = (kind, value)
-    found = _shared.get(key)
+    found = table.get(value)
     if found is None:
         from moto.dynamodb.models.dynamo_type import DynamoType
 
-        if len(_shared) >= SHARE_TABLE_MAX:
-            _shared.clear()
+        if len(table) >= SHARE_TABLE_MAX:
+            table.clear()
         found = DynamoType.__new__(DynamoType)
         found.type = kind
         found.value = sys.intern(value) if isinstance(value, str) else value
-        _shared[key] = found
+        table[found.value] = found
     return found
+
+
+def forget_shared() -> None:
+    """Empty the shared table (after a load: what is shared stays shared; the table's own memory,
+    mostly unique values, is given back)."""
+    for table in _shared.values():
+        table.clear()
 
 
 def make_item(hash_attr: str, range_attr: str | None, flat: list[Any]) -> Any:
@@ -79,7 +86,8 @@ def make_item(hash_attr: str, range_attr: str | None, flat: list[Any]) -> Any:
     put = dict.__setitem__
     for position in range(0, len(flat), 3):
         name, kind, value = flat[position], flat[position + 1], flat[position + 2]
-        attribute = shared.get((kind, value)) if kind in _SCALARS else None
+        by_value = shared.get(kind)
+        attribute = by_value.get(value) if by_value is not None else None
         if attribute is None:
             attribute = shared_scalar(kind, value)
             if attribute is None:
