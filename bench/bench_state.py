@@ -7,7 +7,11 @@ clean stop     seconds for SIGINT to finish (drain + final compaction)
 snapshot       start-up from the clean-stop snapshot: seconds to healthy, RSS
 after kill -9  500 single writes, kill -9, start-up again (snapshot + journal replay), RSS
 
+in-process    --restore DIR: restore DIR's snapshot and journal into in-process moto (no HTTP, no
+              apps; DIR is copied first and left as it is): seconds and RSS
+
 Usage: .venv/bin/python bench/bench_state.py --size 100000 [--state-dir DIR (kept, reused)]
+       .venv/bin/python bench/bench_state.py --restore DIR
 """
 
 from __future__ import annotations
@@ -74,11 +78,60 @@ def measure(state: Path, size: int) -> dict[str, Any]:
     return result
 
 
+def _own_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def restore_in_process(source: Path) -> dict[str, Any]:
+    import shutil
+
+    import boto3
+    from moto import mock_aws
+
+    from bhiv.local import durability, moto_patch, template
+
+    for key, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }.items():
+        os.environ.setdefault(key, value)
+    with tempfile.TemporaryDirectory() as tmp, mock_aws():
+        work = Path(tmp)
+        for name in ("snapshot.json", "journal.jsonl", "queues.json"):
+            if (source / name).exists():
+                shutil.copy(source / name, work / name)
+        moto_patch.install()
+        dynamodb, sqs = boto3.client("dynamodb"), boto3.client("sqs")
+        template.create_resources(dynamodb, sqs)
+        before = _own_rss_mb()
+        started = time.perf_counter()
+        state = durability.DurableState(work, "us-east-1")
+        state.restore(dynamodb, sqs)
+        result = {
+            "restore_s": time.perf_counter() - started,
+            "items": state.loaded_items,
+            "journal_writes": state.replayed,
+            "rss_before_mb": before,
+            "rss_after_mb": _own_rss_mb(),
+            "load": os.getloadavg()[0],
+        }
+        state.close()
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--state-dir", type=Path, default=None, help="kept and reused by later runs")
+    parser.add_argument("--restore", type=Path, default=None, help="only restore this state dir in-process")
     args = parser.parse_args()
+    if args.restore is not None:
+        print(json.dumps(restore_in_process(args.restore.resolve()), indent=2))
+        return 0
     os.environ["BHIV_RATE_LIMITS"] = "off"  # the stack inherits it: the fill is far over any limit
     if args.state_dir is not None:
         result = measure(args.state_dir.resolve(), args.size)
