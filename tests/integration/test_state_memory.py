@@ -362,3 +362,14 @@ def test_compact_stream_records_read_back_exactly_as_moto_builds_them(tmp_path: 
         assert record.to_json()["dynamodb"]["NewImage"]["m"] == {"M": {"a": {"L": [{"S": "x"}]}}}
         assert moto_memory.pack_record({"eventID": "x"}) is None  # another shape: kept as it is
         state.close()
+
+
+def test_reading_from_below_the_trimmed_start_reads_what_is_kept(tmp_path: Path) -> None:
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        _workload(dynamodb, 0)
+        numbers = _sequence_numbers()
+        state.trim_streams({"EventsTable": numbers[4]})
+        kept = [int(r["dynamodb"]["SequenceNumber"]) for r in _shard().get(numbers[1], 100)]
+        assert kept == numbers[5:]
+        state.close()

@@ -103,6 +103,7 @@ class DurableState:
         self.compactions = 0
         self.items_at_compaction = 0  # items in the last snapshot: replay should stay cheaper than their load
         self.refused: SnapshotError | None = None  # the snapshot could not be read: never overwrite it
+        _install_hook()  # stream reads under STREAM_LOCK, also for an ephemeral stack (trim_streams)
         self.trimmed_records = 0  # stream records dropped once every consumer had checkpointed past them
 
     # --- start-up ---------------------------------------------------------------------------
@@ -732,7 +733,10 @@ def _install_hook() -> None:
 
     def get(self: Any, start: int, quantity: int) -> Any:
         with STREAM_LOCK:
-            return read_shard(self, start, quantity)
+            # A position below the trimmed start (a reader behind every consumer's checkpoint, such
+            # as a lag count from a checkpoint file a moment old) reads from the oldest record kept:
+            # what was dropped had been read by every consumer. moto would fail an assertion.
+            return read_shard(self, max(int(start), int(self.starting_sequence_number)), quantity)
 
     StreamShard.get = get  # type: ignore[method-assign]
     _HOOKED = True
