@@ -123,35 +123,42 @@ class DurableState:
         `horizons` (per table, the lowest position every consumer of its stream has checkpointed):
         replayed stream records up to it are dropped as the replay goes, not kept until the first
         trim (a journal holds every record since the last compaction)."""
-        from bhiv.local import moto_memory, moto_patch
+        from bhiv.local import moto_memory
 
         moto_memory.install()
         progress = progress or progress_hook
         collecting = gc.isenabled()
         gc.disable()  # millions of new objects and no garbage: full collections would only cost
         try:
-            if self.snapshot_path.exists():
-                if progress is not None:
-                    progress(f"loading the snapshot ({self.snapshot_path.stat().st_size / 1e6:.1f} MB)")
-                try:
-                    self._load_snapshot(progress)
-                except SnapshotError as exc:
-                    self.refused = exc
-                    raise
-                self.items_at_compaction = self.loaded_items
-            for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
-                shutil.rmtree(legacy, ignore_errors=True)
-            self._replay(dynamodb, progress, horizons or {})
-            for table in self._backend().tables.values():
-                moto_patch.forget_key_indexes(table)
+            with moto_memory.loading():  # scalars shared across the whole load
+                self._load_and_replay(dynamodb, progress, horizons or {})
         finally:
             if collecting:
                 gc.enable()
-        moto_memory.forget_shared()
         gc.freeze()  # what was loaded stays: later collections need not walk it again
         if self.queues_path.exists():
             self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))
         self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
+
+    def _load_and_replay(
+        self, dynamodb: Any, progress: Callable[[str], None] | None, horizons: dict[str, int | None]
+    ) -> None:
+        from bhiv.local import moto_patch
+
+        if self.snapshot_path.exists():
+            if progress is not None:
+                progress(f"loading the snapshot ({self.snapshot_path.stat().st_size / 1e6:.1f} MB)")
+            try:
+                self._load_snapshot(progress)
+            except SnapshotError as exc:
+                self.refused = exc
+                raise
+            self.items_at_compaction = self.loaded_items
+        for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
+            shutil.rmtree(legacy, ignore_errors=True)
+        self._replay(dynamodb, progress, horizons)
+        for table in self._backend().tables.values():
+            moto_patch.forget_key_indexes(table)
 
     def _replay(self, dynamodb: Any, progress: Callable[[str], None] | None, horizons: dict[str, int | None]) -> None:
         self._replaying = True

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -58,7 +59,7 @@ def shared_scalar(kind: str, value: Any) -> Any:
     if found is None:
         from moto.dynamodb.models.dynamo_type import DynamoType
 
-        if len(table) >= SHARE_TABLE_MAX:
+        if len(table) >= _share_limit:
             table.clear()
         found = DynamoType.__new__(DynamoType)
         found.type = kind
@@ -67,11 +68,22 @@ def shared_scalar(kind: str, value: Any) -> Any:
     return found
 
 
-def forget_shared() -> None:
-    """Empty the shared table (after a load: what is shared stays shared; the table's own memory,
-    mostly unique values, is given back)."""
-    for table in _shared.values():
-        table.clear()
+_share_limit = SHARE_TABLE_MAX
+
+
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """While a snapshot or journal is loaded the shared table is not bounded (an event and its
+    marker, far apart in the file, then share their event id); afterwards it is emptied: what is
+    shared stays shared, the table's own memory (mostly unique values) is given back."""
+    global _share_limit
+    _share_limit = sys.maxsize
+    try:
+        yield
+    finally:
+        _share_limit = SHARE_TABLE_MAX
+        for table in _shared.values():
+            table.clear()
 
 
 def make_item(hash_attr: str, range_attr: str | None, flat: list[Any]) -> Any:
