@@ -236,6 +236,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     except StateDirInUse as exc:
         print(f"bhiv up: {exc}", file=sys.stderr)
         return 1
+    except durability.SnapshotError as exc:
+        print(f"bhiv up: {exc}", file=sys.stderr)
+        stack.stop()  # releases the state dir; the unreadable snapshot is left as it is
+        return 1
     except OSError as exc:
         print(f"bhiv up: cannot start: {exc} (is another stack running on these ports?)", file=sys.stderr)
         stack.stop()

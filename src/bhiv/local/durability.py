@@ -29,12 +29,15 @@ Design (see docs/local-state.md):
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,9 @@ from bhiv import fastjson
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 SQS_CHANGES = frozenset({"SendMessage", "SendMessageBatch", "DeleteMessage", "DeleteMessageBatch", "PurgeQueue"})
 ACCOUNT = "123456789012"
+SNAPSHOT_FORMAT = "bhiv-snapshot"
+LOAD_CHUNK = 2000  # snapshot lines parsed by one json.loads
+SNAPSHOT_VERSION = 3  # JSON lines (see _write_snapshot); versions 1 and 2 (one JSON document) still load
 
 WRITE_LOCK = threading.RLock()
 STREAM_LOCK = threading.Lock()  # a stream read never sees a tail half trimmed by a compaction
@@ -55,6 +61,10 @@ log = logging.getLogger("bhiv.local.durability")
 # snapshot or journal does not look like a hang.
 progress_hook: Callable[[str], None] | None = None
 PROGRESS_EVERY = 5000
+
+
+class SnapshotError(RuntimeError):
+    """The snapshot cannot be read: start-up refuses, since starting without it would lose state."""
 
 
 def _atomic_write(path: Path, data: str) -> None:
@@ -94,27 +104,65 @@ class DurableState:
         self.writes_since_compaction = 0
         self.compactions = 0
         self.items_at_compaction = 0  # items in the last snapshot: replay should stay cheaper than their load
+        self.refused: SnapshotError | None = None  # the snapshot could not be read: never overwrite it
+        _install_hook()  # stream reads under STREAM_LOCK, also for an ephemeral stack (trim_streams)
+        self.trimmed_records = 0  # stream records dropped once every consumer had checkpointed past them
 
     # --- start-up ---------------------------------------------------------------------------
 
     def checkpoint_dir(self) -> Path:
         return self.dir / "checkpoints"
 
-    def restore(self, dynamodb: Any, sqs: Any, progress: Callable[[str], None] | None = None) -> None:
-        """Snapshot, then the journal tail, into the (already created, empty) moto tables."""
+    def restore(
+        self,
+        dynamodb: Any,
+        sqs: Any,
+        progress: Callable[[str], None] | None = None,
+        horizons: dict[str, int | None] | None = None,
+    ) -> None:
+        """Snapshot, then the journal tail, into the (already created, empty) moto tables.
+
+        `horizons` (per table, the lowest position every consumer of its stream has checkpointed):
+        replayed stream records up to it are dropped as the replay goes, not kept until the first
+        trim (a journal holds every record since the last compaction)."""
+        from bhiv.local import moto_memory
+
+        moto_memory.install()
         progress = progress or progress_hook
-        streams: dict[str, Any] = {}
+        collecting = gc.isenabled()
+        gc.disable()  # millions of new objects and no garbage: full collections would only cost
+        try:
+            with moto_memory.loading():  # scalars shared across the whole load
+                self._load_and_replay(dynamodb, progress, horizons or {})
+        finally:
+            if collecting:
+                gc.enable()
+        gc.freeze()  # what was loaded stays: later collections need not walk it again
+        if self.queues_path.exists():
+            self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))
+        self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
+
+    def _load_and_replay(
+        self, dynamodb: Any, progress: Callable[[str], None] | None, horizons: dict[str, int | None]
+    ) -> None:
+        from bhiv.local import moto_patch
+
         if self.snapshot_path.exists():
-            snapshot = json.loads(self.snapshot_path.read_text(encoding="utf-8"))
-            self.generation = int(snapshot["generation"])
             if progress is not None:
                 progress(f"loading the snapshot ({self.snapshot_path.stat().st_size / 1e6:.1f} MB)")
-            self.loaded_items = self._load_tables(snapshot["tables"])
+            try:
+                self._load_snapshot(progress)
+            except SnapshotError as exc:
+                self.refused = exc
+                raise
             self.items_at_compaction = self.loaded_items
-            streams = snapshot.get("streams") or {}
-        self._restore_streams(streams)
         for legacy in (self.dir / "checkpoints").glob("g*"):  # positions keyed by a stream ARN of old
             shutil.rmtree(legacy, ignore_errors=True)
+        self._replay(dynamodb, progress, horizons)
+        for table in self._backend().tables.values():
+            moto_patch.forget_key_indexes(table)
+
+    def _replay(self, dynamodb: Any, progress: Callable[[str], None] | None, horizons: dict[str, int | None]) -> None:
         self._replaying = True
         try:
             for record in self._journal_records():
@@ -123,38 +171,42 @@ class DurableState:
                 self._apply(record, dynamodb)
                 self.replayed += 1
                 self.writes_since_compaction += max(1, len(record.get("p", [])))
-                if progress is not None and self.replayed % PROGRESS_EVERY == 0:
-                    progress(f"replayed {self.replayed} journal writes")
+                if self.replayed % PROGRESS_EVERY == 0:
+                    self._trim_replayed(horizons)
+                    if progress is not None:
+                        progress(f"replayed {self.replayed} journal writes")
+            self._trim_replayed(horizons)
         finally:
             self._replaying = False
-        if self.queues_path.exists():
-            self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))
-        self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
+
+    def _trim_replayed(self, horizons: dict[str, int | None]) -> None:
+        for name, table in self._backend().tables.items():
+            if table.stream_shard is not None and horizons.get(name) is not None:
+                self._trim_stream(table.stream_shard, horizons[name])
 
     def _journal_records(self) -> Iterator[dict[str, Any]]:
         """The journal's lines. A torn tail (a write cut short by a kill, never acknowledged) is cut
         off the file, so the next append starts a clean line."""
         if not self.journal_path.exists():
             return
-        with open(self.journal_path, "rb") as handle:
-            lines = handle.readlines()
         good_end = 0  # offset just after the last whole, readable line
         offset = 0
-        for line in lines:
-            offset += len(line)
-            record = _parse_line(line) if line.endswith(b"\n") else None
-            if record is None and line.endswith(b"\n"):
-                # A torn line that a later append completed (journals written before torn tails
-                # were truncated): the acknowledged write is the last whole record in it.
-                record = _salvage(line)
-                log.warning(
-                    "Journal line salvaged" if record else "Journal line unreadable; skipped",
-                    extra={"journal": str(self.journal_path), "offset": offset - len(line)},
-                )
-            if record is None:
-                continue
-            good_end = offset
-            yield record
+        with open(self.journal_path, "rb") as handle:  # line by line: a journal can be large
+            for line in handle:
+                offset += len(line)
+                record = _parse_line(line) if line.endswith(b"\n") else None
+                if record is None and line.endswith(b"\n"):
+                    # A torn line that a later append completed (journals written before torn tails
+                    # were truncated): the acknowledged write is the last whole record in it.
+                    record = _salvage(line)
+                    log.warning(
+                        "Journal line salvaged" if record else "Journal line unreadable; skipped",
+                        extra={"journal": str(self.journal_path), "offset": offset - len(line)},
+                    )
+                if record is None:
+                    continue
+                good_end = offset
+                yield record
         size = offset
         if size > good_end:
             with open(self.journal_path, "r+b") as handle:
@@ -172,12 +224,134 @@ class DurableState:
 
         return dynamodb_backends[ACCOUNT][self.region]
 
-    def _load_tables(self, tables: dict[str, list[dict[str, Any]]]) -> int:
-        """Put the snapshot's items straight into moto's tables: no stream records for old state,
-        and none of put_item's per-item parsing and checks (the items passed them when written)."""
-        from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+    def _load_snapshot(self, progress: Callable[[str], None] | None) -> None:
+        """The snapshot into moto's tables and streams; SnapshotError when it cannot be read whole.
 
-        from bhiv.local import moto_patch
+        Version 3 is read line by line (never the whole file in memory); a file whose first line is
+        not a version 3 header is a version 1 or 2 snapshot: one JSON document."""
+        with open(self.snapshot_path, "rb") as handle:
+            first = handle.readline()
+            try:
+                header = json.loads(first)
+            except ValueError as exc:
+                raise self._unreadable(f"not JSON ({exc})") from None
+            if not isinstance(header, dict):
+                raise self._unreadable("not a snapshot")
+            if header.get("format") == SNAPSHOT_FORMAT:
+                if header.get("version") != SNAPSHOT_VERSION:
+                    raise self._unreadable(
+                        f"version {header.get('version')!r}; this bhiv reads versions 1 to {SNAPSHOT_VERSION}"
+                    )
+                self._load_v3(handle, first, header, progress)
+                return
+        # versions 1 and 2: one JSON document on one line (the line just parsed)
+        if not isinstance(header.get("tables"), dict) or "generation" not in header:
+            raise self._unreadable("no tables or generation")
+        if int(header.get("version", 1)) > 2:
+            raise self._unreadable(f"version {header.get('version')!r} without the version 3 header")
+        self.generation = int(header["generation"])
+        self.loaded_items = self._load_tables(header["tables"])
+        self._restore_streams(header.get("streams") or {})
+
+    def _unreadable(self, why: str) -> SnapshotError:
+        return SnapshotError(
+            f"the snapshot {self.snapshot_path} cannot be read: {why}. Refusing to start, because starting "
+            "without it would lose the state it holds. Restore it from a backup, or move it aside to "
+            "start from the journal alone (only the writes since the last compaction)."
+        )
+
+    def _load_v3(self, handle: Any, first: bytes, header: dict[str, Any], progress: Any) -> None:
+        from bhiv.local import moto_memory
+
+        make_item = moto_memory.make_item
+        backend = self._backend()
+        crc = zlib.crc32(first)
+        lines = 1
+        count = 0
+        trailer: dict[str, Any] | None = None
+        streams: dict[str, Any] = {}
+        line_iter = iter(handle)
+
+        def next_line(what: str) -> bytes:
+            nonlocal crc, lines
+            line = next(line_iter, b"")
+            if not line.endswith(b"\n"):
+                raise self._unreadable(f"cut short (expected {what} at line {lines + 1})")
+            crc = zlib.crc32(line, crc)
+            lines += 1
+            return line
+
+        def parse(line: bytes, what: str) -> Any:
+            try:
+                return json.loads(line)
+            except ValueError:
+                raise self._unreadable(f"line {lines} ({what}) is not JSON") from None
+
+        while trailer is None:
+            line = next(line_iter, b"")
+            if not line.endswith(b"\n"):
+                raise self._unreadable(f"cut short (no end line after line {lines})")
+            section = parse(line, "a section header")
+            if not isinstance(section, dict):
+                raise self._unreadable(f"line {lines + 1} is not a section header")
+            if section.get("end") is True:
+                trailer = section
+                break
+            crc = zlib.crc32(line, crc)
+            lines += 1
+            if "table" in section:
+                table = backend.tables.get(section["table"])
+                if table is None:
+                    raise self._unreadable(f"table {section['table']!r} is not in template.yaml")
+                hash_attr, range_attr = table.hash_key_attr, table.range_key_attr
+                items = table.items
+                remaining = int(section["items"])
+                while remaining > 0:  # parsed LOAD_CHUNK lines at a time: one json.loads per chunk
+                    chunk = list(itertools.islice(line_iter, min(remaining, LOAD_CHUNK)))
+                    if len(chunk) < min(remaining, LOAD_CHUNK) or not chunk[-1].endswith(b"\n"):
+                        raise self._unreadable(f"cut short (in the items of {section['table']})")
+                    joined = b"".join(chunk)
+                    crc = zlib.crc32(joined, crc)
+                    first_line = lines + 1
+                    lines += len(chunk)
+                    remaining -= len(chunk)
+                    try:
+                        flats = json.loads(b"[" + joined.replace(b"\n", b",")[:-1] + b"]")
+                    except ValueError:
+                        raise self._unreadable(f"lines {first_line}-{lines} (items) are not JSON") from None
+                    if len(flats) != len(chunk):
+                        raise self._unreadable(f"lines {first_line}-{lines} are not one item a line")
+                    for flat in flats:
+                        try:
+                            item = make_item(hash_attr, range_attr, flat)
+                        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                            raise self._unreadable(f"an item of {section['table']} is malformed") from None
+                        if range_attr:
+                            items[item.hash_key][item.range_key] = item
+                        else:
+                            items[item.hash_key] = item
+                    count += len(flats)
+                    if progress is not None and count // 50_000 != (count - len(flats)) // 50_000:
+                        progress(f"loaded {count} items")
+                from bhiv.local import moto_patch
+
+                moto_patch.forget_key_indexes(table)
+            elif "stream" in section:
+                records = [parse(next_line("a stream record"), "a stream record") for _ in range(section["records"])]
+                streams[section["stream"]] = {"next_sequence": section["next_sequence"], "records": records}
+            else:
+                raise self._unreadable(f"line {lines} is an unknown section")
+        if trailer.get("lines") != lines or trailer.get("crc32") != crc:
+            raise self._unreadable("its checksum does not match its contents")
+        if next(line_iter, b"") != b"":
+            raise self._unreadable("data after its end line")
+        self.generation = int(header["generation"])
+        self.loaded_items = count
+        self._restore_streams(streams)
+
+    def _load_tables(self, tables: dict[str, list[dict[str, Any]]]) -> int:
+        """A version 1 or 2 snapshot's items straight into moto's tables."""
+        from bhiv.local import moto_memory, moto_patch
 
         backend = self._backend()
         count = 0
@@ -185,11 +359,7 @@ class DurableState:
             table = backend.tables[name]
             hash_attr, range_attr = table.hash_key_attr, table.range_key_attr
             for attrs in items:
-                item = Item.__new__(Item)
-                item.attrs = LimitedSizeDict()
-                dict.update(item.attrs, {key: DynamoType(value) for key, value in attrs.items()})
-                item.hash_key = item.attrs[hash_attr]
-                item.range_key = item.attrs[range_attr] if range_attr else None
+                item = moto_memory.make_item(hash_attr, range_attr, _flat(attrs))
                 if range_attr:
                     table.items[item.hash_key][item.range_key] = item
                 else:
@@ -269,19 +439,26 @@ class DurableState:
         if "a" in record:  # a request, as journals before effects were recorded
             dynamodb._make_api_call(record["a"], json.loads(record["b"]))
             return
+        from bhiv.local.moto_memory import make_item
+
         backend = self._backend()
         for table_name, key, attrs in record.get("p", []):
             table = backend.tables.get(table_name)
             if table is None:
                 continue
-            shard, table.stream_shard = table.stream_shard, None
-            try:
-                if attrs is None:
+            if attrs is None:
+                shard, table.stream_shard = table.stream_shard, None
+                try:
                     table.delete_item(*_key_values(table, key))
-                else:
-                    table.put_item(attrs)
-            finally:
-                table.stream_shard = shard
+                finally:
+                    table.stream_shard = shard
+                continue
+            # the after-image, as a snapshot's item is loaded (it passed moto's checks when written)
+            item = make_item(table.hash_key_attr, table.range_key_attr, _flat(attrs))
+            if table.range_key_attr:
+                table.items[item.hash_key][item.range_key] = item
+            else:
+                table.items[item.hash_key] = item
         for table_name, stream_records in record.get("s", {}).items():
             table = backend.tables.get(table_name)
             if table is not None and table.stream_shard is not None:
@@ -306,14 +483,19 @@ class DurableState:
         `horizons`: per table, the lowest sequence number every consumer of its stream has
         checkpointed (None: some consumer has none yet). Records after it are kept in the snapshot
         and in memory; older ones are dropped from moto's stream (bounded memory).
+
+        The write lock is held only while references to every item are taken (moto_memory.TableCopy);
+        the items are serialised after it, as they were at the cut, straight into the file.
         """
+        from bhiv.local import moto_memory
+
+        if self.refused is not None:
+            raise self.refused  # never replace a snapshot that could not be read
+        moto_memory.install()
         horizons = horizons or {}
         with WRITE_LOCK:  # a consistent cut: no write between the copy and the generation switch
             backend = self._backend()
-            tables = {
-                name: [item.to_json()["Attributes"] for item in table.all_items()]
-                for name, table in backend.tables.items()
-            }
+            copy = moto_memory.TableCopy(backend.tables, moto_memory.encode_item)
             streams = {
                 name: self._trim_stream(table.stream_shard, horizons.get(name))
                 for name, table in backend.tables.items()
@@ -321,26 +503,17 @@ class DurableState:
             }
             generation = self.generation + 1
             self.generation = generation
-            self.items_at_compaction = sum(len(items) for items in tables.values())
+            self.items_at_compaction = sum(copy.counts().values())
             cut = 0
             if self._journal is not None:
                 self._journal.flush()
                 cut = self._journal.tell()
             self.writes_since_compaction = 0
         # Writes go on meanwhile, journaled as the new generation after `cut`.
-        _atomic_write(
-            self.snapshot_path,
-            json.dumps(
-                {
-                    "version": 2,
-                    "generation": generation,
-                    "created_at": time.time(),
-                    "tables": tables,
-                    "streams": streams,
-                },
-                default=_json_default,
-            ),
-        )
+        try:
+            self._write_snapshot(generation, copy, streams)
+        finally:
+            copy.close()
         with WRITE_LOCK:  # drop the lines the snapshot now holds
             if self._journal is not None:
                 self._journal.flush()
@@ -354,17 +527,78 @@ class DurableState:
                 _atomic_write_bytes(self.journal_path, b"")
         self.compactions += 1
 
+    def _write_snapshot(self, generation: int, copy: Any, streams: dict[str, tuple[int, list[Any]]]) -> None:
+        """Snapshot version 3, JSON lines, written to a temporary file and renamed over the old one:
+
+            {"format": "bhiv-snapshot", "version": 3, "generation": G, "created_at": T}
+            {"table": NAME, "items": N}            then N lines: [name, type, value, name, ...]
+            {"stream": NAME, "next_sequence": S, "records": M}   then M lines: a stream record
+            {"end": true, "lines": L, "crc32": C}  L lines before this one, C their CRC-32
+
+        Read line by line at start (bounded memory); a file cut short or changed is refused."""
+        tmp = self.snapshot_path.with_name(f".{self.snapshot_path.name}.tmp")
+        crc = 0
+        lines = 0
+        with open(tmp, "wb", buffering=1 << 20) as handle:
+
+            def emit(data: bytes) -> None:
+                nonlocal crc, lines
+                data += b"\n"
+                crc = zlib.crc32(data, crc)
+                lines += 1
+                handle.write(data)
+
+            header = {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "generation": generation}
+            emit(json.dumps({**header, "created_at": time.time()}).encode("utf-8"))
+            for name, count in copy.counts().items():
+                emit(json.dumps({"table": name, "items": count}).encode("utf-8"))
+                for line in copy.lines(name):
+                    emit(line)
+            for name, (next_sequence, records) in streams.items():
+                emit(json.dumps({"stream": name, "next_sequence": next_sequence, "records": len(records)}).encode())
+                for record in records:
+                    emit(json.dumps(record.to_json(), default=_json_default).encode("utf-8"))
+            handle.write(json.dumps({"end": True, "lines": lines, "crc32": crc}).encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.snapshot_path)
+        with contextlib.suppress(OSError):
+            fd = os.open(self.snapshot_path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def trim_streams(self, horizons: dict[str, int | None]) -> int:
+        """Drop the stream records every consumer has checkpointed past (real streams keep 24 h;
+        locally a consumed record is only memory). Records some consumer has not read are kept, and
+        the numbering goes on unchanged. Returns how many records were dropped."""
+        dropped = 0
+        with WRITE_LOCK:  # a write compares its stream's length before and after (record())
+            for name, table in self._backend().tables.items():
+                horizon = horizons.get(name)
+                if table.stream_shard is None or horizon is None:
+                    continue
+                before = len(table.stream_shard.items)
+                self._trim_stream(table.stream_shard, horizon)
+                dropped += before - len(table.stream_shard.items)
+        self.trimmed_records += dropped
+        return dropped
+
     @staticmethod
-    def _trim_stream(shard: Any, horizon: int | None) -> dict[str, Any]:
+    def _trim_stream(shard: Any, horizon: int | None) -> tuple[int, list[Any]]:
+        """(next sequence number, the records kept); records up to `horizon` are dropped."""
         next_sequence = int(shard.starting_sequence_number) + len(shard.items)
         keep_from = 0
         if horizon is not None:
             keep_from = max(0, min(len(shard.items), horizon + 1 - int(shard.starting_sequence_number)))
+        if keep_from == 0:
+            return next_sequence, list(shard.items)
         with STREAM_LOCK:
             kept = shard.items[keep_from:]
             shard.items = kept
             shard.starting_sequence_number = next_sequence - len(kept)
-        return {"next_sequence": next_sequence, "records": [record.to_json() for record in kept]}
+        return next_sequence, list(kept)
 
     def close(self) -> None:
         if self._journal is not None:
@@ -383,6 +617,15 @@ class _RestoredRecord:
 
     def to_json(self) -> dict[str, Any]:
         return self.record
+
+
+def _flat(attrs: dict[str, Any]) -> list[Any]:
+    """An item's DynamoDB JSON as [name, type, value, ...] (moto_memory.make_item)."""
+    flat: list[Any] = []
+    for attr, typed in attrs.items():
+        for kind, value in typed.items():
+            flat += (attr, kind, value)
+    return flat
 
 
 def _json_default(value: Any) -> Any:
@@ -505,7 +748,10 @@ def _install_hook() -> None:
 
     def get(self: Any, start: int, quantity: int) -> Any:
         with STREAM_LOCK:
-            return read_shard(self, start, quantity)
+            # A position below the trimmed start (a reader behind every consumer's checkpoint, such
+            # as a lag count from a checkpoint file a moment old) reads from the oldest record kept:
+            # what was dropped had been read by every consumer. moto would fail an assertion.
+            return read_shard(self, max(int(start), int(self.starting_sequence_number)), quantity)
 
     StreamShard.get = get  # type: ignore[method-assign]
     _HOOKED = True

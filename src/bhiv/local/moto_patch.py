@@ -25,6 +25,9 @@ def install() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    from bhiv.local import moto_memory
+
+    moto_memory.install()  # first: it replaces moto's DynamoType class, which the patches below capture
     _cheaper_items_and_conditions()
     _faster_json_and_key_checks()
     from moto.dynamodb.comparisons import get_filter_expression as get_condition

@@ -107,7 +107,7 @@ class LocalStack:
         self._lock.acquire(self._lock_info())
         self._owns_state_dir = True
 
-        from bhiv.local import moto_patch, server, template
+        from bhiv.local import moto_memory, moto_patch, server, template
         from bhiv.storage import aws
 
         os.chmod(self.state_dir, 0o700)
@@ -128,6 +128,7 @@ class LocalStack:
 
         self._mock = mock_aws()
         self._mock.start()
+        moto_memory.install()  # slotted DynamoType, shared scalars, copy-on-write compactions
         moto_patch.install()
         if self.config.moto_port:
             from moto.server import ThreadedMotoServer
@@ -151,7 +152,7 @@ class LocalStack:
         gc.disable()
         try:
             if self.config.durable:
-                self.durable.restore(dynamodb, sqs)
+                self.durable.restore(dynamodb, sqs, horizons=self._saved_horizons())
                 activate(self.durable)
         finally:
             gc.freeze()
@@ -182,8 +183,7 @@ class LocalStack:
 
         self._start_pollers(dynamodb, sqs, queue_urls, tmpl)
         self._start_redriver(tmpl)
-        if self.config.durable:
-            self._start_compactor()
+        self._start_compactor()  # trims consumed stream records; compacts only a durable stack
         if self.config.console_port:
             from bhiv.console.server import start_console
 
@@ -214,6 +214,12 @@ class LocalStack:
 
         def loop() -> None:
             while not self._stopped.wait(COMPACT_CHECK_S):
+                try:  # consumed stream records are only memory: drop them every second
+                    self.durable.trim_streams(self.stream_horizons())
+                except Exception:
+                    log.exception("trimming the streams failed")
+                if not self.config.durable:
+                    continue
                 # Every `compact_every` item writes, or half the snapshot's size if that is more: the
                 # replay after a crash then costs at most half a snapshot load, and compactions of a
                 # large state stay rare (each copies every item).
@@ -228,6 +234,20 @@ class LocalStack:
 
         self._compactor = threading.Thread(target=loop, name="compactor", daemon=True)
         self._compactor.start()
+
+    def _saved_horizons(self) -> dict[str, int | None]:
+        """stream_horizons() from the checkpoint files, before the pollers start."""
+        from bhiv.local import template
+        from bhiv.local.streams import Checkpoints
+
+        horizons: dict[str, int | None] = {}
+        for mapping in template.stream_mappings(template.load_template()):
+            path = self.durable.checkpoint_dir() / f"{mapping.function}.json"
+            positions = list(Checkpoints(path, log).positions(mapping.table).values()) if path.exists() else []
+            position = min(int(p) for p in positions if p) if positions and all(positions) else None
+            current = horizons.get(mapping.table, position)
+            horizons[mapping.table] = None if position is None or current is None else min(current, position)
+        return horizons
 
     def stream_horizons(self) -> dict[str, int | None]:
         """Per table: the lowest sequence number all of its stream's consumers have checkpointed."""
@@ -313,7 +333,7 @@ class LocalStack:
                     "records_failed": poller.records_failed,
                 },
             )
-        if self._mock is not None and self.config.durable:
+        if self._mock is not None and self.config.durable and self.durable.refused is None:
             if not drained:
                 log.warning("stream consumers did not catch up; their unread records are kept in the snapshot")
             self.durable.compact(self.stream_horizons())

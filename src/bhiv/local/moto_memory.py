@@ -1,0 +1,381 @@
+"""moto's items, cheaper to hold and to load, and a consistent copy of the tables without a long lock.
+
+* **No instance tracking for items and stream records**: every moto model (`BaseModel`) appends
+  each instance it creates to a class-wide list, for moto server's `/moto-api/data.json`
+  dashboard, and never lets go of it. For DynamoDB that is every item ever stored, every item a
+  put replaced, every copy moto makes for a Query answer or before an UpdateItem, every stream
+  record and every shard iterator: memory that only grows, whatever is deleted or trimmed. Those
+  four classes are no longer tracked (the dashboard does not list them); nothing else reads the
+  lists.
+
+* **Loading**: `make_item` builds a moto `Item` straight from its DynamoDB JSON without
+  `DynamoType.__init__`'s generic path for the scalar types (S, N, BOOL, NULL); the result is the
+  object moto's own constructor makes (same `type`, same `value`).
+* **Compact stream records**: a record unread by some consumer is held as one flat tuple and
+  rebuilt (equal dict, same key order) whenever it is read: 0.6 KB instead of about 4 KB.
+* **Slots**: moto's `DynamoType` (one per attribute of every item: about 30 per stored event) keeps
+  its two fields in a per-object dict; `install` replaces the class, before anything is stored, by
+  the same class with `__slots__ = ("type", "value")`: 48 bytes instead of 88, same methods,
+  rebound in every module that imported it. Nothing in moto sets other fields on one.
+* **Sharing**: attribute names, and scalar attributes that repeat (event types, requester ids,
+  feed names, marker partitions, a timestamp held twice in one item), are one object shared by the
+  items that hold them. moto never changes a scalar `DynamoType` in place (an update replaces the
+  attribute; only map and list values are changed in place, and those are never shared), so
+  sharing one changes no answer.
+* **Copy on write for compactions** (`TableCopy`): a compaction takes references to every item
+  under the write lock (milliseconds), then serialises them without it. moto replaces an item on a
+  put and deletes by dropping the reference, so both leave the referenced object as it was; only
+  UpdateItem changes an item in place, and while a copy is open it first records the item as it
+  was. The copy therefore reads the tables exactly as they were at the cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_PATCHED = False
+_COPY_LOCK = threading.Lock()
+_OPEN_COPIES: list[TableCopy] = []
+
+# Scalars up to this length are looked up in the shared table; longer ones (payloads, composite
+# keys) rarely repeat and would only grow the table.
+SHARE_MAX_LEN = 40
+SHARE_TABLE_MAX = 50_000  # per type; cleared when full: a bound, not a cache policy
+_SCALARS = frozenset({"S", "N", "BOOL", "NULL"})
+_shared: dict[str, dict[Any, Any]] = {kind: {} for kind in _SCALARS}
+
+
+def shared_scalar(kind: str, value: Any) -> Any:
+    """The shared DynamoType for a short scalar, or None (too long, or not a scalar)."""
+    table = _shared.get(kind)
+    if table is None or (isinstance(value, str) and len(value) > SHARE_MAX_LEN):
+        return None
+    found = table.get(value)
+    if found is None:
+        from moto.dynamodb.models.dynamo_type import DynamoType
+
+        if len(table) >= _share_limit:
+            table.clear()
+        found = DynamoType.__new__(DynamoType)
+        found.type = kind
+        found.value = sys.intern(value) if isinstance(value, str) else value
+        table[found.value] = found
+    return found
+
+
+_share_limit = SHARE_TABLE_MAX
+
+
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """While a snapshot or journal is loaded the shared table is not bounded (an event and its
+    marker, far apart in the file, then share their event id); afterwards it is emptied: what is
+    shared stays shared, the table's own memory (mostly unique values) is given back."""
+    global _share_limit
+    _share_limit = sys.maxsize
+    try:
+        yield
+    finally:
+        _share_limit = SHARE_TABLE_MAX
+        for table in _shared.values():
+            table.clear()
+
+
+def make_item(hash_attr: str, range_attr: str | None, flat: list[Any]) -> Any:
+    """A moto Item from [name, type, value, name, type, value, ...] (the types and values of the
+    item's DynamoDB JSON), as `Item(hash, range, attrs)` would build it, without its size check
+    (the item passed it when it was written)."""
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+
+    new = DynamoType.__new__
+    shared = _shared
+    attrs = LimitedSizeDict()
+    put = dict.__setitem__
+    for position in range(0, len(flat), 3):
+        name, kind, value = flat[position], flat[position + 1], flat[position + 2]
+        by_value = shared.get(kind)
+        attribute = by_value.get(value) if by_value is not None else None
+        if attribute is None:
+            attribute = shared_scalar(kind, value)
+            if attribute is None:
+                if kind in _SCALARS:
+                    attribute = new(DynamoType)
+                    attribute.type = kind
+                    attribute.value = value
+                else:
+                    attribute = DynamoType({kind: value})
+        put(attrs, sys.intern(name), attribute)
+    item = Item.__new__(Item)
+    item.attrs = attrs
+    item.hash_key = attrs[hash_attr]
+    item.range_key = attrs[range_attr] if range_attr else None
+    return item
+
+
+def flat_attributes(item: Any) -> list[Any]:
+    """An item as [name, type, value, ...]: its DynamoDB JSON (moto's Item.to_json), flattened."""
+    flat: list[Any] = []
+    for name, typed in item.to_json()["Attributes"].items():
+        for kind, value in typed.items():
+            flat += (name, kind, value)
+    return flat
+
+
+def share_scalars(item: Any) -> None:
+    """Replace an item's short scalar attributes by the shared ones, and intern its attribute names
+    (equal values, so the same answers)."""
+    attrs = item.attrs
+    for name, attribute in list(attrs.items()):
+        shared = shared_scalar(attribute.type, attribute.value)
+        interned = sys.intern(name)
+        if interned is not name:
+            dict.pop(attrs, name)
+            dict.__setitem__(attrs, interned, shared or attribute)
+        elif shared is not None and shared is not attribute:
+            dict.__setitem__(attrs, name, shared)
+
+
+def _untracked_models() -> None:
+    """Items, stream records and shard iterators are not kept in moto's instance lists (above)."""
+    from moto.core.common_models import BaseModel
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.dynamodb.models.table import StreamRecord
+    from moto.dynamodbstreams.models import ShardIterator
+
+    untracked = (Item, StreamRecord, ShardIterator)
+    tracked_new = BaseModel.__new__
+
+    def __new__(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if issubclass(cls, untracked):
+            return object.__new__(cls)
+        return tracked_new(cls, *args, **kwargs)
+
+    BaseModel.__new__ = staticmethod(__new__)  # type: ignore[assignment,method-assign]
+    for model in untracked:
+        model.instances_tracked = []
+
+
+_RECORD_KEYS = ("eventID", "eventName", "eventSource", "eventVersion", "awsRegion", "dynamodb")
+_CHANGE_KEYS = ("StreamViewType", "ApproximateCreationDateTime", "SequenceNumber", "SizeBytes", "Keys")
+_IMAGES = ("NewImage", "OldImage")
+
+
+def _flat_image(image: dict[str, Any]) -> tuple[Any, ...] | None:
+    flat: list[Any] = []
+    for name, typed in image.items():
+        if not isinstance(typed, dict) or len(typed) != 1:
+            return None
+        for kind, value in typed.items():
+            flat += (name, kind, value)
+    return tuple(flat)
+
+
+def pack_record(record: dict[str, Any]) -> tuple[Any, ...] | None:
+    """A stream record as one flat tuple (None: a shape this does not cover; keep the dict)."""
+    change = record.get("dynamodb")
+    if tuple(record) != _RECORD_KEYS or not isinstance(change, dict):
+        return None
+    if tuple(change)[: len(_CHANGE_KEYS)] != _CHANGE_KEYS:
+        return None
+    images = tuple(change)[len(_CHANGE_KEYS) :]
+    if images not in ((), ("NewImage",), ("OldImage",), ("NewImage", "OldImage")):
+        return None
+    packed: list[Any] = [record[k] for k in _RECORD_KEYS[:-1]]
+    packed += [change[k] for k in _CHANGE_KEYS[:-1]]
+    for part in ("Keys", *_IMAGES):
+        if part in change:
+            flat = _flat_image(change[part])
+            if flat is None:
+                return None
+            packed.append(flat)
+        else:
+            packed.append(None)
+    return tuple(packed)
+
+
+def _image(flat: tuple[Any, ...]) -> dict[str, Any]:
+    return {flat[i]: {flat[i + 1]: flat[i + 2]} for i in range(0, len(flat), 3)}
+
+
+def unpack_record(packed: tuple[Any, ...]) -> dict[str, Any]:
+    """The record pack_record was given: equal, keys in the same order, a new dict every call."""
+    change = dict(zip(_CHANGE_KEYS[:-1], packed[5:9], strict=True))
+    change["Keys"] = _image(packed[9])
+    for name, flat in zip(_IMAGES, packed[10:12], strict=True):
+        if flat is not None:
+            change[name] = _image(flat)
+    record = dict(zip(_RECORD_KEYS[:-1], packed[:5], strict=True))
+    record["dynamodb"] = change
+    return record
+
+
+class _PackedRecord:
+    """`record` of a compact stream record: the instance's own dict while moto's constructor builds
+    it, then unpacked on each read (a non-data descriptor, so the instance value wins while set)."""
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        return instance.to_json()
+
+
+def _compact_stream_records() -> None:
+    """moto's stream record holds its images as nested dicts: about 4 KB for an event, for as long
+    as some consumer has not read it (a backlog of tens of thousands while Karma catches up). This
+    subclass builds the record exactly as moto does, then keeps it as one flat tuple (about 0.6 KB)
+    and rebuilds the same dict, keys in the same order, whenever it is read."""
+    from moto.dynamodb.models import table as table_module
+
+    original = table_module.StreamRecord
+    if getattr(original, "_bhiv_compact", False):
+        return
+
+    class StreamRecord(original):  # type: ignore[misc,valid-type]
+        _bhiv_compact = True
+        record = _PackedRecord()
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            packed = pack_record(self.__dict__["record"])
+            if packed is not None:
+                del self.__dict__["record"]
+                self._packed = packed
+
+        def to_json(self) -> dict[str, Any]:
+            packed = self.__dict__.get("_packed")
+            if packed is None:
+                return self.__dict__["record"]  # type: ignore[no-any-return]
+            return unpack_record(packed)
+
+    StreamRecord.__qualname__ = original.__qualname__
+    StreamRecord.__module__ = original.__module__
+    table_module.StreamRecord = StreamRecord
+
+
+def _slotted_dynamo_type() -> None:
+    """moto's DynamoType with __slots__, rebound wherever the class was imported (see above)."""
+    import moto.dynamodb.models.dynamo_type as module
+
+    old = module.DynamoType
+    if "__slots__" in vars(old):
+        return
+    namespace = {k: v for k, v in vars(old).items() if k not in ("__dict__", "__weakref__")}
+    namespace["__slots__"] = ("type", "value")
+    new = type(old.__name__, old.__bases__, namespace)
+    new.__qualname__ = old.__qualname__
+    for loaded in list(sys.modules.values()):
+        if getattr(loaded, "DynamoType", None) is old:
+            loaded.DynamoType = new  # type: ignore[attr-defined]
+
+
+class TableCopy:
+    """Every item of every table as it was when the copy was opened (under the write lock).
+
+    `lines()` serialises without the lock; an item that UpdateItem changes meanwhile is served from
+    the image recorded just before the change."""
+
+    def __init__(self, tables: dict[str, Any], encode: Callable[[Any], bytes]) -> None:
+        self.encode = encode
+        self.refs: dict[str, list[Any]] = {}
+        for name, table in tables.items():
+            if table.range_key_attr:
+                self.refs[name] = [item for partition in table.items.values() for item in partition.values()]
+            else:
+                self.refs[name] = list(table.items.values())
+        self._before: dict[int, bytes] = {}
+        with _COPY_LOCK:
+            _OPEN_COPIES.append(self)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(items) for name, items in self.refs.items()}
+
+    def _changing(self, item: Any) -> None:  # under _COPY_LOCK, before `item` changes in place
+        if id(item) not in self._before:
+            self._before[id(item)] = self.encode(item)
+
+    def lines(self, table: str) -> Iterator[bytes]:
+        for item in self.refs[table]:
+            with _COPY_LOCK:
+                line = self._before.get(id(item))
+                if line is None:
+                    line = self.encode(item)
+            yield line
+
+    def close(self) -> None:
+        with _COPY_LOCK:
+            if self in _OPEN_COPIES:
+                _OPEN_COPIES.remove(self)
+        self.refs.clear()
+        self._before.clear()
+
+
+def _before_update(table: Any, key: dict[str, Any]) -> None:
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    try:
+        hash_value = DynamoType(key[table.hash_key_attr])
+        range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+        item = table.get_item(hash_value, range_value)
+    except Exception:
+        return  # moto raises its own error for this key
+    if item is None:
+        return  # created by the update: a new object, not in any copy
+    with _COPY_LOCK:
+        for copy in _OPEN_COPIES:
+            copy._changing(item)
+
+
+def install() -> None:
+    """Patch moto (idempotent; before bhiv.local.moto_patch, which calls it first): DynamoType
+    with slots, UpdateItem records the item's prior image for open table copies, and items written
+    through moto share their names and short scalars."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    _slotted_dynamo_type()
+    _untracked_models()
+    _compact_stream_records()
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.table import Table
+
+    update_item = DynamoDBBackend.update_item
+
+    def update_item_copy_aware(self: Any, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if _OPEN_COPIES:
+            table = self.tables.get(table_name)
+            if table is not None:
+                _before_update(table, key)
+        item = update_item(self, table_name, key, *args, **kwargs)
+        if item is not None:
+            share_scalars(item)
+        return item
+
+    DynamoDBBackend.update_item = update_item_copy_aware  # type: ignore[method-assign]
+
+    put_item = Table.put_item
+
+    def put_item_shared(self: Any, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        item = put_item(self, item_attrs, *args, **kwargs)
+        if item is not None:
+            share_scalars(item)
+        return item
+
+    Table.put_item = put_item_shared  # type: ignore[method-assign]
+    _PATCHED = True
+
+
+def encode_item(item: Any) -> bytes:
+    return json.dumps(flat_attributes(item), separators=(",", ":"), default=_json_default).encode("utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    from datetime import UTC, datetime
+
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
