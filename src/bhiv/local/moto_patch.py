@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
@@ -129,16 +130,39 @@ def _cheaper_items_and_conditions() -> None:
     create_parser = comparisons.create_condition_expression_parser
     parsed: dict[bytes, _ParsedCondition] = {}
 
+    templates: dict[bytes, _ConditionTemplate | None] = {}
+
+    def parse(expr: str | None, names: Any, values: Any) -> _ParsedCondition:
+        parser = create_parser(expr, names, values)
+        op = parser.parse()  # raises for a bad expression: nothing cached
+        return _ParsedCondition(op, parser.expr_attr_names_found, parser.expr_attr_values_found)
+
     def create_condition_expression_parser(expr: str | None, names: Any, values: Any) -> Any:
+        # Conditions with values (e.g. `version = :v`) change value on every write: parsed once per
+        # shape, with each value bound into a copy of the tree (bhiv.local.moto_patch._ConditionTemplate).
+        shape = _value_shape(values)
+        if shape is not None:
+            try:
+                key = orjson.dumps([expr, names, shape], option=orjson.OPT_SORT_KEYS)
+            except (TypeError, ValueError):
+                return create_parser(expr, names, values)
+            if key not in templates:
+                real = parse(expr, names, values)
+                if len(templates) >= 4096:
+                    templates.clear()
+                templates[key] = _ConditionTemplate.build(lambda fake: parse(expr, names, fake), values, real)
+                return real
+            template = templates[key]
+            if template is None:
+                return parse(expr, names, values)
+            return template.bind(values)
         try:
             key = orjson.dumps([expr, names, values], option=orjson.OPT_SORT_KEYS)
         except (TypeError, ValueError):
             return create_parser(expr, names, values)
         hit = parsed.get(key)
         if hit is None:
-            parser = create_parser(expr, names, values)
-            op = parser.parse()  # raises for a bad expression: nothing cached
-            hit = _ParsedCondition(op, parser.expr_attr_names_found, parser.expr_attr_values_found)
+            hit = parse(expr, names, values)
             if len(parsed) >= 4096:
                 parsed.clear()
             parsed[key] = hit
@@ -227,6 +251,76 @@ def _string_values_compare_as_they_are() -> None:
 
     cast_value._bhiv_fast = True  # type: ignore[attr-defined]
     cls.cast_value = property(cast_value)
+
+
+_PLACEHOLDER = "\x00bhiv-value:"
+
+
+def _value_shape(values: Any) -> list[list[str]] | None:
+    """[[placeholder, type]] when every value is a string or a number (the ones a template can
+    stand in for), else None."""
+    if not values or not isinstance(values, dict):
+        return None
+    shape = []
+    for name, value in values.items():
+        if not isinstance(value, dict) or len(value) != 1:
+            return None
+        kind, raw = next(iter(value.items()))
+        if kind not in ("S", "N") or not isinstance(raw, str):
+            return None
+        shape.append([str(name), kind])
+    return sorted(shape)
+
+
+class _ConditionTemplate:
+    """A condition parsed once with stand-ins for its values; each use binds the real values into
+    a copy of the tree (moto's parser only stores a value in an AttributeValue node; it reads it
+    when the condition is evaluated). Trusted only when binding the first real values gives the
+    tree a real parse gave (same repr), so a parser that looks at values is never short-cut."""
+
+    def __init__(self, parsed: _ParsedCondition) -> None:
+        self._parsed = parsed
+
+    @classmethod
+    def build(
+        cls, parse: Callable[[dict[str, Any]], _ParsedCondition], values: dict[str, Any], real: _ParsedCondition
+    ) -> _ConditionTemplate | None:
+        fake = {name: {next(iter(value)): _PLACEHOLDER + name} for name, value in values.items()}
+        try:
+            template = cls(parse(fake))
+        except Exception:
+            return None
+        bound = template.bind(values)
+        same = (
+            repr(bound.parse()) == repr(real.parse())
+            and bound.expr_attr_names_found == real.expr_attr_names_found
+            and bound.expr_attr_values_found == real.expr_attr_values_found
+        )
+        return template if same else None
+
+    def bind(self, values: dict[str, Any]) -> _ParsedCondition:
+        op = _bind(self._parsed.parse(), values, {})
+        return _ParsedCondition(op, self._parsed.expr_attr_names_found, self._parsed.expr_attr_values_found)
+
+
+def _bind(node: Any, values: dict[str, Any], memo: dict[int, Any]) -> Any:
+    from moto.dynamodb.comparisons import AttributeValue, Func, Op
+
+    if id(node) in memo:
+        return memo[id(node)]
+    bound: Any = node
+    if isinstance(node, AttributeValue):
+        if isinstance(node.value, str) and node.value.startswith(_PLACEHOLDER):
+            bound = AttributeValue(values[node.value[len(_PLACEHOLDER) :]])
+    elif isinstance(node, Op | Func):
+        bound = copy.copy(node)
+        for name, value in vars(node).items():
+            if isinstance(value, Op | Func | AttributeValue | tuple | list):
+                setattr(bound, name, _bind(value, values, memo))
+    elif isinstance(node, tuple | list):
+        bound = type(node)(_bind(item, values, memo) for item in node)
+    memo[id(node)] = bound
+    return bound
 
 
 class _ParsedCondition:
