@@ -66,3 +66,17 @@ def _applied_after_restart(state: Path, user: str) -> int:
         return int(_applied(stack, user))
     finally:
         stack.stop()
+
+
+def test_an_ephemeral_stack_drops_consumed_records_too(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path / "state", "--ephemeral")
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    try:
+        for i in range(10):
+            assert _write(stack, user, f"evt-eph-{i:03d}") in (200, 201)
+        poll_until(lambda: _applied(stack, user), lambda n: n == 10, timeout=60)
+        poll_until(lambda: len(_stream_records(stack)), lambda n: n == 0, timeout=30)
+        assert _write(stack, user, "evt-eph-010") in (200, 201)
+        poll_until(lambda: _applied(stack, user), lambda n: n == 11, timeout=60)
+    finally:
+        stack.stop()

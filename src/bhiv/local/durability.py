@@ -130,6 +130,7 @@ class DurableState:
         moto_memory.install()
         progress = progress or progress_hook
         collecting = gc.isenabled()
+        gc.collect()  # garbage from before (small now) is not frozen below
         gc.disable()  # millions of new objects and no garbage: full collections would only cost
         try:
             with moto_memory.loading():  # scalars shared across the whole load
