@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
@@ -383,8 +383,8 @@ class _KeyIndex:
         self.hash_attr = hash_attr
         self.range_attr = range_attr
         self.tie_attrs = tie_attrs
-        self.partitions: dict[Any, list[tuple[Any, ...]]] = {}
-        self.items: dict[Any, dict[tuple[Any, ...], Any]] = {}
+        self.partitions: dict[Any, list[tuple[Any, ...]]] = {}  # sorted keys
+        self.items: dict[Any, list[Any]] = {}  # the items, in the order of their keys (a list: 8 bytes a row)
 
     def entry(self, item: Any) -> tuple[Any, tuple[Any, ...]] | None:
         attrs = item.attrs
@@ -402,22 +402,29 @@ class _KeyIndex:
         if found is None:
             return
         partition, key = found
-        items = self.items.setdefault(partition, {})
-        if key not in items:
-            insort(self.partitions.setdefault(partition, []), key)
-        items[key] = item
+        keys = self.partitions.setdefault(partition, [])
+        items = self.items.setdefault(partition, [])
+        position = bisect_left(keys, key)
+        if position < len(keys) and keys[position] == key:
+            items[position] = item
+        else:
+            keys.insert(position, key)
+            items.insert(position, item)
 
     def remove(self, item: Any) -> None:
         found = self.entry(item)
-        if found is None:
+        if found is not None:
+            self.drop(found[0], found[1], item)
+
+    def drop(self, partition: Any, key: tuple[Any, ...], item: Any) -> None:
+        """Remove the row `key` of `partition` if it still holds `item`."""
+        keys = self.partitions.get(partition)
+        if keys is None:
             return
-        partition, key = found
-        items = self.items.get(partition)
-        if items is None or items.get(key) is not item:
+        position = bisect_left(keys, key)
+        if position == len(keys) or keys[position] != key or self.items[partition][position] is not item:
             return
-        del items[key]
-        keys = self.partitions[partition]
-        del keys[bisect_left(keys, key)]
+        del keys[position], self.items[partition][position]
         if not keys:
             del self.partitions[partition], self.items[partition]
 
@@ -476,13 +483,7 @@ class _TableIndexes:
         """After an in-place update: drop the entries the item had, index what it has now."""
         with self.lock:
             for index, partition, key in before:
-                items = index.items.get(partition)
-                if items is not None and items.get(key) is item:
-                    del items[key]
-                    keys = index.partitions[partition]
-                    del keys[bisect_left(keys, key)]
-                    if not keys:
-                        del index.partitions[partition], index.items[partition]
+                index.drop(partition, key, item)
             if item is not None:
                 self.replace(None, item)
 
@@ -591,7 +592,7 @@ def _fast_query(
             raise _Unsupported("range key conditions")
         partition = (hash_key.type, _sortable(hash_key))
         keys = index.partitions.get(partition, [])
-        by_key = index.items.get(partition, {})
+        rows = index.items.get(partition, [])
         lo, hi = _window(keys, range_comparison, range_objs)
         start, end = 0, len(keys)
         if exclusive_start_key is not None:
@@ -615,7 +616,7 @@ def _fast_query(
         result_size = 0
         last_evaluated_key = None
         for position in window:
-            item = by_key[keys[position]]
+            item = rows[position]
             if (limit is not None and len(results) == limit) or result_size + item.size() > RESULT_SIZE_LIMIT:
                 last_evaluated_key = table._get_last_evaluated_key(results[-1], index_name)
                 break
@@ -626,7 +627,7 @@ def _fast_query(
         else:
             # moto reports a LastEvaluatedKey when the limit is reached and the partition goes on
             for position in remaining:
-                item = by_key[keys[position]]
+                item = rows[position]
                 if (limit is not None and len(results) == limit) or result_size + item.size() > RESULT_SIZE_LIMIT:
                     last_evaluated_key = table._get_last_evaluated_key(results[-1], index_name)
                     break
