@@ -9,7 +9,9 @@ single    single-event ingest over HTTP: events/s, ratio to the baseline, p50/p9
 cpu       CPU seconds the whole stack spends per event (ingest + both consumers, read from /proc),
           against the bench process's CPU per bare put: on a shared, overloaded machine a
           many-threaded stack gets more of the CPU than the one-thread baseline, so the wall-clock
-          ratio flatters it; the CPU ratio does not
+          ratio flatters it; the CPU ratio does not. Every measurement starts once the stack is idle
+          (the consumers caught up, no compaction running)
+pipeline  the fill until both consumers have handled every event: events/s through the whole pipeline
 karma     Bucket write acknowledged -> the user's Karma visible, while a second client ingests
 reads     each read's median latency over HTTP, and its DynamoDB ScannedCount (the same query
           made by the storage adapter through the stack's moto endpoint)
@@ -136,14 +138,30 @@ def _fill(stack: RunningStack, start: int, count: int) -> float:
 
 
 def _caught_up(stack: RunningStack, total: int, timeout: float = 1800) -> None:
+    """Both stream consumers have handled `total` events (the stats consumer counted them, Karma
+    applied, capped or ignored each)."""
     reader = Http(stack.bucket_url, stack.tokens["bhiv_reader"])
+    karma = Http(stack.karma_url, stack.tokens["bhiv_reader"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, body = reader.call("GET", "/core/stats")
         if status == 200 and int(body["stats"]["total_events"]) >= total:
-            return
+            status, body = karma.call("GET", "/v1/stats/system")
+            if status == 200 and sum(int(v) for v in body["events"].values()) >= total:
+                return
         time.sleep(0.2)
-    raise RuntimeError("stats consumer never caught up")
+    raise RuntimeError("the stream consumers never caught up")
+
+
+def _idle(stack: RunningStack, timeout: float = 600) -> None:
+    """Wait until the stack uses under a tenth of a core for a second (a compaction or the stream
+    trim after a large fill would otherwise run inside the next measurement)."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 2:
+        before = _cpu_seconds(stack.process.pid)
+        time.sleep(0.5)
+        quiet = quiet + 1 if _cpu_seconds(stack.process.pid) - before < 0.05 else 0
 
 
 def _single(stack: RunningStack, start: int, count: int) -> dict[str, float]:
@@ -317,10 +335,13 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
         try:
             _progress(f"filling {size:,} events")
             cpu = _cpu_seconds(stack.process.pid)
+            started = time.perf_counter()
             result["fill_rate"] = _fill(stack, 0, size)
             _progress("waiting for the consumers")
             _caught_up(stack, size)
+            result["pipeline_rate"] = size / (time.perf_counter() - started)
             result["fill_cpu_ms"] = (_cpu_seconds(stack.process.pid) - cpu) / size * 1000
+            _idle(stack)
             result["rss_filled_mb"] = _rss_mb(stack.process.pid)
             info = json.loads((state / "stack.json").read_text())
             _progress("reads")
@@ -328,6 +349,7 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
             _progress("single ingest")
             # the baseline right before and after, so that both see the same machine load
             before = baseline_conditional_puts(300)
+            _idle(stack)
             cpu = _cpu_seconds(stack.process.pid)
             single = _single(stack, size, single_count)
             _caught_up(stack, size + single_count)
@@ -338,6 +360,7 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
             result["single"] = single
             result["single_ratio"] = single["rate"] / baseline
             result["batch_over_single"] = result["fill_rate"] / single["rate"]
+            _idle(stack)
             _progress("write -> Karma latency")
             result["karma"] = _karma_latency(stack, karma_samples, size + single_count)
             _progress("clean stop")
@@ -384,6 +407,7 @@ def main() -> int:
             f" batch {base_cpu / r['fill_cpu_ms']:.2f} (batch/single {r['single_cpu_ms'] / r['fill_cpu_ms']:.1f}x)"
         )
         print(f"batch ingest (fill)      : {r['fill_rate']:8.0f} events/s   {r['batch_over_single']:.1f}x single")
+        print(f"  ... through both consumers: {r['pipeline_rate']:5.0f} events/s (until Karma and stats caught up)")
         print(
             f"single ingest            : {s['rate']:8.0f} events/s   ratio {r['single_ratio']:.2f}"
             f"   p50 {s['p50']:.1f} ms  p99 {s['p99']:.1f} ms"
