@@ -259,3 +259,39 @@ def test_a_page_costs_the_page_not_the_table(dynamodb: Any) -> None:
         assert [item["n"]["N"] for item in deep["Items"]] == [str(i) for i in range(1_457, 0, -50)][:10]
     finally:
         dynamodb.delete_table(TableName=table)
+
+
+def test_a_partition_nobody_reads_is_never_indexed(dynamodb: Any) -> None:
+    """The table's own key index is built partition by partition on first read: writes to a
+    partition no Query names (the exactly-once markers) cost no index memory or upkeep."""
+    table = _table(dynamodb)
+    items = [{"pk": {"S": "markers"}, "sk": {"S": f"evt-{i:04d}"}} for i in range(300)]
+    items += [{"pk": {"S": "read"}, "sk": {"S": f"{i:04d}"}, "g": {"S": "g"}, "n": {"N": str(i)}} for i in range(30)]
+    for start in range(0, len(items), 25):
+        dynamodb.batch_write_item(
+            RequestItems={table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]}
+        )
+
+    def newest(pk: str) -> list[str]:
+        page = dynamodb.query(
+            TableName=table,
+            KeyConditionExpression="pk = :p",
+            ExpressionAttributeValues={":p": {"S": pk}},
+            ScanIndexForward=False,
+            Limit=3,
+        )
+        return [item["sk"]["S"] for item in page["Items"]]
+
+    assert newest("read") == ["0029", "0028", "0027"]
+    dynamodb.put_item(TableName=table, Item={"pk": {"S": "read"}, "sk": {"S": "0030"}})  # kept current
+    dynamodb.put_item(TableName=table, Item={"pk": {"S": "markers"}, "sk": {"S": "evt-9999"}})
+    dynamodb.delete_item(TableName=table, Key={"pk": {"S": "read"}, "sk": {"S": "0029"}})
+    assert newest("read") == ["0030", "0028", "0027"]
+    from moto.dynamodb.models import dynamodb_backends
+
+    state = moto_patch._indexes(dynamodb_backends["123456789012"]["us-east-1"].tables[table])
+    assert state is not None
+    own = state.get(None)
+    assert own is not None
+    assert [partition[1] for partition in own.partitions] == ["read"]  # markers: never read, never indexed
+    assert newest("markers") == ["evt-9999", "evt-0299", "evt-0298"]  # built when first read

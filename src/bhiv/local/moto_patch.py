@@ -379,10 +379,14 @@ class _KeyIndex:
     """The keys of one table or index, partition by partition, each partition kept sorted the way
     moto orders a Query's results: (range key, then the table's keys for an index)."""
 
-    def __init__(self, hash_attr: str, range_attr: str, tie_attrs: list[str]) -> None:
+    def __init__(self, hash_attr: str, range_attr: str, tie_attrs: list[str], table: Any = None) -> None:
         self.hash_attr = hash_attr
         self.range_attr = range_attr
         self.tie_attrs = tie_attrs
+        # The table's own key index (`table` given) is built partition by partition, on the first
+        # Query of each, from moto's items of that hash key: a partition nobody reads (the stats
+        # and Karma markers) costs no memory and no upkeep on writes.
+        self.table = table
         self.partitions: dict[Any, list[tuple[Any, ...]]] = {}  # sorted keys
         self.items: dict[Any, list[Any]] = {}  # the items, in the order of their keys (a list: 8 bytes a row)
 
@@ -402,6 +406,8 @@ class _KeyIndex:
         if found is None:
             return
         partition, key = found
+        if self.table is not None and partition not in self.partitions:
+            return  # not built: it will be, from the table, when it is first read
         keys = self.partitions.setdefault(partition, [])
         items = self.items.setdefault(partition, [])
         position = bisect_left(keys, key)
@@ -415,6 +421,17 @@ class _KeyIndex:
         found = self.entry(item)
         if found is not None:
             self.drop(found[0], found[1], item)
+
+    def rows(self, partition: Any, hash_key: Any) -> tuple[list[tuple[Any, ...]], list[Any]]:
+        """A partition's sorted keys and its items in the same order (built now if it is not)."""
+        if self.table is not None and partition not in self.partitions:
+            stored = self.table.items.get(hash_key)
+            entries = [(found[1], item) for item in (stored or {}).values() if (found := self.entry(item))]
+            if entries:
+                entries.sort(key=itemgetter(0))
+                self.partitions[partition] = [key for key, _ in entries]
+                self.items[partition] = [item for _, item in entries]
+        return self.partitions.get(partition, []), self.items.get(partition, [])
 
     def drop(self, partition: Any, key: tuple[Any, ...], item: Any) -> None:
         """Remove the row `key` of `partition` if it still holds `item`."""
@@ -447,7 +464,8 @@ class _TableIndexes:
         index: _KeyIndex | None = None
         if index_name is None:
             if table.range_key_attr is not None:
-                index = _KeyIndex(table.hash_key_attr, table.range_key_attr, [])
+                self.by_name[index_name] = _KeyIndex(table.hash_key_attr, table.range_key_attr, [], table)
+                return self.by_name[index_name]
         else:
             definition = next((i for i in table.all_indexes() if i.name == index_name), None)
             schema = definition.schema if definition is not None else []
@@ -591,8 +609,7 @@ def _fast_query(
         ):
             raise _Unsupported("range key conditions")
         partition = (hash_key.type, _sortable(hash_key))
-        keys = index.partitions.get(partition, [])
-        rows = index.items.get(partition, [])
+        keys, rows = index.rows(partition, hash_key)
         lo, hi = _window(keys, range_comparison, range_objs)
         start, end = 0, len(keys)
         if exclusive_start_key is not None:
