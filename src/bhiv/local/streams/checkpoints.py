@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bhiv.local.streams import lambda_shapes
 from bhiv.local.streams.lambda_shapes import _iso
 
@@ -31,6 +33,7 @@ class Checkpoints:
         self._lock = threading.Lock()
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
         self._dirty = False
+        self._dir_made = False
         if path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -82,11 +85,18 @@ class Checkpoints:
         with self._lock:
             if not self._dirty:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._dir_made:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._dir_made = True
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump({"version": self.VERSION, "tables": self._tables}, handle, indent=2, sort_keys=True)
-                handle.write("\n")
+            with open(tmp, "wb") as handle:
+                # saved after every delivered batch: orjson (json's indented encoder is pure Python)
+                handle.write(
+                    orjson.dumps(
+                        {"version": self.VERSION, "tables": self._tables},
+                        option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE,
+                    )
+                )
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
