@@ -8,26 +8,30 @@ counts for its rates. Neither printed nor counted: the console's own requests (U
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 from typing import IO, Any
+
+import orjson
 
 CONSOLE_USER_AGENT = "bhiv-console"
 _MAX_PARSED_BODY = 16 * 1024
 HEALTH_PATHS = frozenset({"/health", "/healthz"})
 
 
-def _field(raw: Any, *path: str) -> str | None:
+def _parsed(raw: Any) -> Any:
     if not raw or len(raw) > _MAX_PARSED_BODY:
         return None
     try:
-        value: Any = json.loads(raw)
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-    except (ValueError, UnicodeDecodeError):
+        return orjson.loads(raw)
+    except (ValueError, TypeError):
         return None
+
+
+def _field(value: Any, *path: str) -> str | None:
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
     return value if isinstance(value, str) else None
 
 
@@ -62,11 +66,12 @@ class RequestLog:
             return
         shown = path if len(path) <= 60 else path[:57] + "..."
         line = f"{time.strftime('%H:%M:%S')} {service:<8} {method:<5} {shown:<40} {status}  {seconds * 1000:6.1f} ms"
-        trace = _field(request_body, "trace_id") or _field(request_body, "event_data", "trace_id")
+        request = _parsed(request_body)
+        trace = _field(request, "trace_id") or _field(request, "event_data", "trace_id")
         if trace:
             line += f"  trace={trace}"
         if status >= 400:
-            code = _field(response_body, "error", "code")
+            code = _field(_parsed(response_body), "error", "code")
             if code:
                 line += f"  {code}"
         out = self._out or sys.stdout
