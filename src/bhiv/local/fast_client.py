@@ -53,7 +53,7 @@ FAST_DYNAMODB = frozenset(
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 
 
-def journal_write(action: str, request_json: str, write: Callable[[], T]) -> T:
+def journal_write(action: str, request: dict[str, Any], write: Callable[[], T]) -> T:
     """Run one DynamoDB write and, when it succeeds, journal it in the local stack's durable state,
     exactly as bhiv.local.durability's hook on moto's HTTP API does (same lock, same record call),
     so writes from this client and from tools on the moto endpoint are journaled alike."""
@@ -65,7 +65,7 @@ def journal_write(action: str, request_json: str, write: Callable[[], T]) -> T:
     with durability.WRITE_LOCK:
         before = state.stream_lengths()
         result = write()
-        state.record(action, _parse(request_json), before)
+        state.record(action, request, before)  # moto's own copy: its write paths never change a request
         return result
 
 
@@ -208,7 +208,7 @@ class FastDynamoDB(_Local):
         from werkzeug.exceptions import HTTPException
 
         try:
-            result = journal_write(action, request_json, run) if action in WRITES else run()
+            result = journal_write(action, handler.params, run) if action in WRITES else run()
         except HTTPException as exc:
             raise self._moto_error(operation, exc) from None
         body = result.result if hasattr(result, "result") else _parse(result)
