@@ -56,11 +56,11 @@ def pin_to_one_cpu(setting: str) -> int | None:
 
     The stack is one Python process: its threads take turns on the GIL, so it never runs Python on
     two cores at once. Left to migrate, each hand-over of the GIL wakes a thread on the other core,
-    and that costs as much CPU as the work itself (measured: 3.7 s against 1.8 s of CPU for the same
-    1,000 single-event writes, median of 4 runs each). `auto` takes the CPU of those the process
-    may use that was idlest over the last 0.1 s (clients and other processes get the rest; two
-    stacks started one after the other land on different CPUs); a number names the CPU; `off`
-    leaves scheduling to the kernel.
+    and that costs as much CPU as the work itself (measured: a median 3.9 s against 1.6 s of CPU for
+    the same 1,000 single-event writes, 4 runs each; docs/benchmarks.md). `auto` takes the CPU,
+    of those the process may use, that was idlest over the last 0.1 s (clients and other processes
+    get the rest; two stacks started one after the other land on different CPUs); a number names
+    the CPU; `off` leaves scheduling to the kernel.
     """
     if setting == "off" or not hasattr(os, "sched_setaffinity"):
         return None
