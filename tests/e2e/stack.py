@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -18,11 +19,30 @@ ROOT = Path(__file__).resolve().parents[2]
 BHIV = ROOT / ".venv" / "bin" / "bhiv"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A free loopback port below the ephemeral range: a port the kernel hands out (bind to 0) can
+    be given to any outgoing connection before the stack binds it ("Address already in use")."""
+    low, _ = _ephemeral_range()
+    for _ in range(50):
+        port = random.randrange(20_000, max(20_001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 @dataclass

@@ -164,7 +164,6 @@ class LocalStack:
         from bhiv.local import moto_memory, moto_patch, server, template
         from bhiv.storage import aws
 
-        self.cpu = pin_to_one_cpu(os.environ.get(CPU_AFFINITY_ENV, "auto"))
         os.chmod(self.state_dir, 0o700)
         attach_stack_logging(str(self.state_dir / "logs"))
         ensure_credentials(self.state_dir)
@@ -224,7 +223,6 @@ class LocalStack:
                     "seconds": round(self.restore_seconds, 3),
                 },
             )
-        log.info("Stack CPU", extra={"cpu": self.cpu, CPU_AFFINITY_ENV: os.environ.get(CPU_AFFINITY_ENV, "auto")})
         tmpl = template.load_template()
         for function in template.resources("AWS::Serverless::Function", tmpl):
             os.environ.update(template.function_environment(function, tmpl))
@@ -245,6 +243,10 @@ class LocalStack:
 
             self._console = start_console(self)
             self.urls["console"] = self._console.url
+        # Last, once every port is bound (choosing the CPU watches the machine for 0.1 s): threads
+        # started so far are moved, and those started later inherit it.
+        self.cpu = pin_to_one_cpu(os.environ.get(CPU_AFFINITY_ENV, "auto"))
+        log.info("Stack CPU", extra={"cpu": self.cpu, CPU_AFFINITY_ENV: os.environ.get(CPU_AFFINITY_ENV, "auto")})
         self._write_stack_file()
 
     def _start_redriver(self, tmpl: dict[str, Any]) -> None:
