@@ -41,10 +41,7 @@ def event_type_validators() -> dict[str, Any]:
 def _event_type_quick_checks() -> dict[str, Any]:
     from bhiv.validation import quick_check
 
-    return {
-        path.name.removesuffix(".schema.json"): quick_check(json.loads(path.read_text(encoding="utf-8")))
-        for path in sorted((contracts_dir() / "events").glob("*.schema.json"))
-    }
+    return {event_type: quick_check(validator.schema) for event_type, validator in event_type_validators().items()}
 
 
 def event_type_errors(event_data: dict[str, Any]) -> list[dict[str, str]]:

@@ -182,12 +182,8 @@ def _faster_json_and_key_checks() -> None:
     """moto writes every answer, error and stream record size with the standard library's JSON
     encoder, and checks a key's size by building a DynamoType for it on every put: about a tenth
     of a local write. Same JSON (orjson, bhiv.local.fastjson), same limits and errors."""
-    import base64
-    from datetime import datetime
-
     import moto.dynamodb.exceptions as exceptions_module
     import moto.dynamodb.responses as responses_module
-    from moto.core.utils import unix_time
     from moto.dynamodb.exceptions import HashKeyTooLong, RangeKeyTooLong
     from moto.dynamodb.limits import HASH_KEY_MAX_LENGTH, RANGE_KEY_MAX_LENGTH
     from moto.dynamodb.models import table as table_module
@@ -197,14 +193,7 @@ def _faster_json_and_key_checks() -> None:
 
     from bhiv import fastjson
 
-    def default(value: Any) -> Any:  # moto's DynamoJsonEncoder.default
-        if isinstance(value, datetime):
-            return unix_time(value)
-        if hasattr(value, "to_json"):
-            return value.to_json()
-        if isinstance(value, bytes):
-            return base64.b64encode(value).decode("utf-8")
-        return None
+    default = utilities.DynamoJsonEncoder().default  # what moto's encoder makes of its objects
 
     def dynamo_json_dump(dynamo_object: Any) -> str:
         return fastjson.dumps(dynamo_object, default=default)

@@ -199,19 +199,10 @@ class LocalStack:
         queue_urls = template.create_resources(dynamodb, sqs)
         started = time.monotonic()
         self.durable = DurableState(self.state_dir, os.environ["AWS_DEFAULT_REGION"], enabled=self.config.durable)
-        # The stored state is millions of long-lived objects at 100k events: the cyclic collector
-        # would walk them again and again during the restore and after it. Collect nothing while
-        # restoring, then freeze what was restored (moto's items hold no reference cycles, so
-        # they are still freed by reference counting) and collect the young less often.
-        gc.disable()
-        try:
-            if self.config.durable:
-                self.durable.restore(dynamodb, sqs, horizons=self._saved_horizons())
-                activate(self.durable)
-        finally:
-            gc.freeze()
-            gc.set_threshold(*GC_THRESHOLDS)
-            gc.enable()
+        if self.config.durable:
+            self.durable.restore(dynamodb, sqs, horizons=self._saved_horizons())  # collector off, result frozen
+            activate(self.durable)
+        gc.set_threshold(*GC_THRESHOLDS)  # writes allocate in bulk: collect the young less often
         self.restore_seconds = time.monotonic() - started
         if self.config.durable:
             log.info(
