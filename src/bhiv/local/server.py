@@ -21,6 +21,7 @@ from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPSer
 from bhiv.auth import authenticator_from_env
 from bhiv.chalice_app import make_request_local
 from bhiv.errors import ApiError, BadRequest, PayloadTooLarge
+from bhiv.local import http_headers
 from bhiv.local.requestlog import REQUESTS
 
 _MODULES: dict[Path, ModuleType] = {}
@@ -40,6 +41,7 @@ def _create_event_with_decoded_path_parameters(self: Any, *args: Any, **kwargs: 
 
 
 chalice_local.LambdaEventConverter.create_lambda_event = _create_event_with_decoded_path_parameters  # type: ignore[method-assign]
+http_headers.install()
 
 
 # Limits of the local HTTP servers (issue 9): a backlog that absorbs bursts of connects, deadlines
