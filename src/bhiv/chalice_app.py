@@ -22,19 +22,27 @@ class _RequestLocal(threading.local):
     lambda_context: Any = None
 
 
+class _PerRequest:
+    """A data descriptor: the attribute lives in the app's thread-local state. (Not an override of
+    `__getattribute__`, which would put a Python call in front of every attribute the app reads.)"""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, app: Any, owner: type | None = None) -> Any:
+        if app is None:
+            return self
+        return getattr(_state(app), self._name)
+
+    def __set__(self, app: Any, value: Any) -> None:
+        setattr(_state(app), self._name, value)
+
+
 class RequestLocalChalice(Chalice):
     """`Chalice` with `current_request` and `lambda_context` kept per thread."""
 
-    def __getattribute__(self, name: str) -> Any:
-        if name in _PER_REQUEST:
-            return getattr(_state(self), name)
-        return super().__getattribute__(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _PER_REQUEST:
-            setattr(_state(self), name, value)
-        else:
-            super().__setattr__(name, value)
+    current_request = _PerRequest()
+    lambda_context = _PerRequest()
 
 
 def _state(app: Chalice) -> _RequestLocal:

@@ -88,7 +88,8 @@ ROUTE_MATCHES_KEPT = 1024  # per server; a bound against clients that send endle
 def _remember_route_matches() -> None:
     """Chalice's local route matcher parses the URL and walks every route on each call, and a request
     is matched twice (above, then by the event converter): about 8 % of a single write's CPU. The
-    answer depends on the URL alone, so it is kept; each caller gets its own copy of the dicts."""
+    answer depends on the URL alone, so it is kept; each caller gets its own copy of the dicts.
+    The Lambda context's settings are kept per gateway likewise."""
     original = chalice_local.RouteMatcher.match_route
     match_result = chalice_local.MatchResult
 
@@ -107,6 +108,22 @@ def _remember_route_matches() -> None:
         )
 
     chalice_local.RouteMatcher.match_route = match_route
+
+    def generate_lambda_context(self: Any) -> Any:
+        # chalice looks the function's name, memory and timeout up in its layered config on every
+        # request (three chained lookups); a gateway's config never changes
+        settings = self.__dict__.get("_bhiv_context_settings")
+        if settings is None:
+            timeout = self._config.lambda_timeout
+            settings = self._bhiv_context_settings = (
+                self._config.function_name,
+                self._config.lambda_memory_size,
+                self.MAX_LAMBDA_EXECUTION_TIME * 1000 if timeout is None else timeout * 1000,
+            )
+        name, memory, runtime_ms = settings
+        return chalice_local.LambdaContext(function_name=name, memory_size=memory, max_runtime_ms=runtime_ms)
+
+    chalice_local.LocalGateway._generate_lambda_context = generate_lambda_context
 
 
 _patch_local_gateway()

@@ -97,9 +97,14 @@ def _metadata(status: int = 200) -> dict[str, Any]:
 
 
 class _Local:
-    """What the two clients share: the boto3 client they mirror, its model, validation, errors."""
+    """What the two clients share: the boto3 client they mirror, its model, validation, errors.
 
-    def __init__(self, boto_client: Any) -> None:
+    validate: check every request against botocore's model first, as boto3 does. Tests always do
+    (so adapters cannot send what boto3 would refuse); the stack skips it unless
+    BHIV_FAST_CLIENT_VALIDATE=1 (it costs about a fifth of a 100-item transaction)."""
+
+    def __init__(self, boto_client: Any, validate: bool = True) -> None:
+        self.validates = validate
         self._boto = boto_client
         self.meta = boto_client.meta
         self.exceptions = boto_client.exceptions
@@ -153,13 +158,10 @@ class _Local:
 class FastDynamoDB(_Local):
     """boto3's `dynamodb` client, answered by moto's DynamoHandler in this process.
 
-    validate: check every request against botocore's model first, as boto3 does. Tests always do
-    (so adapters cannot send what boto3 would refuse); the stack skips it unless
-    BHIV_FAST_CLIENT_VALIDATE=1 (it costs about a fifth of a 100-item transaction)."""
+    The requests are validated as `_Local` says."""
 
     def __init__(self, boto_client: Any, validate: bool = True) -> None:
-        super().__init__(boto_client)
-        self.validates = validate
+        super().__init__(boto_client, validate)
         from moto.dynamodb.responses import DynamoHandler
 
         self._handler_class = DynamoHandler
@@ -230,7 +232,8 @@ class FastDynamoDBStreams(_Local):
         from werkzeug.exceptions import HTTPException
 
         operation = self._operation(action)
-        self._validate(operation, params)
+        if self.validates:
+            self._validate(operation, params)
         try:
             result = body(self._backend())
         except HTTPException as exc:

@@ -39,7 +39,7 @@ def client(service: str) -> Any:
         from bhiv.local import fast_client  # moto is not part of the Lambda layer
 
         if service == "dynamodbstreams":
-            return fast_client.FastDynamoDBStreams(boto)
+            return fast_client.FastDynamoDBStreams(boto, validate=os.environ.get("BHIV_FAST_CLIENT_VALIDATE") == "1")
         return fast_client.FastDynamoDB(boto, validate=os.environ.get("BHIV_FAST_CLIENT_VALIDATE") == "1")
     return boto
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ class Checkpoints:
     """
 
     VERSION = 2
+    # Saved at most this often while batches flow, and whenever the poller goes idle or stops: a
+    # save is an fsync of the file and of its directory, per batch about a fifth of a single
+    # write's CPU. A position not yet saved only means its records may be handed out again after a
+    # crash, which every consumer absorbs (exactly-once effect); positions() reports the saved
+    # ones, so nothing trims or compacts away a record the file would still ask for.
+    SAVE_INTERVAL_S = 0.25
 
     def __init__(self, path: Path, log: Any) -> None:
         self.path = path
@@ -34,6 +41,8 @@ class Checkpoints:
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
         self._dirty = False
         self._dir_made = False
+        self._saved_at = 0.0
+        self._saved: dict[str, dict[str, str | None]] = {}
         if path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -46,6 +55,13 @@ class Checkpoints:
                 self._log.warning(f"unreadable checkpoint file {path} ({exc}); moved to {broken}, starting over")
                 with contextlib.suppress(OSError):
                     os.replace(path, broken)
+        self._saved = self._positions_now()
+
+    def _positions_now(self) -> dict[str, dict[str, str | None]]:
+        return {
+            table: {shard: entry.get("sequence_number") for shard, entry in shards.items()}
+            for table, shards in self._tables.items()
+        }
 
     def known(self, table: str) -> bool:
         return table in self._tables
@@ -54,9 +70,9 @@ class Checkpoints:
         return self._tables.get(table, {}).get(shard_id)
 
     def positions(self, table: str) -> dict[str, str | None]:
-        """{shard id: last checkpointed sequence number} for one table."""
+        """{shard id: last checkpointed sequence number} for one table, as the file has it."""
         with self._lock:
-            return {shard: entry.get("sequence_number") for shard, entry in self._tables.get(table, {}).items()}
+            return dict(self._saved.get(table, {}))
 
     def record(self, table: str, shard_id: str, sequence_number: str | None, finished: bool = False) -> None:
         with self._lock:
@@ -66,7 +82,9 @@ class Checkpoints:
             entry["finished"] = finished
             entry["updated_at"] = _iso(lambda_shapes.wall_clock())
             self._dirty = True
-        self.save()
+            due = finished or time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S
+        if due:
+            self.save()
 
     def forget_others(self, table: str, live_shards: set[str] | None) -> None:
         """Drop other tables of this file and shards the stream no longer lists."""
@@ -107,3 +125,5 @@ class Checkpoints:
                 finally:
                     os.close(dir_fd)
             self._dirty = False
+            self._saved = self._positions_now()
+            self._saved_at = time.monotonic()

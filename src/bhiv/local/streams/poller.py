@@ -141,6 +141,7 @@ class StreamPoller:
                 total += count
                 if count == 0:
                     break
+        self.checkpoints.save()
         return total
 
     def lag(self) -> int:
@@ -177,6 +178,7 @@ class StreamPoller:
                         self._shards = {}
                         self._described_at = None
             if count == 0:
+                self.checkpoints.save()  # idle: the last positions go to the file now
                 self._stop.wait(min(5.0, self.poll_interval_s * (2 ** min(errors, 7))))
             else:
                 self._stop.wait(max(0.0, cycle_started + self.poll_interval_s - time.monotonic()))
