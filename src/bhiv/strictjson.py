@@ -99,17 +99,25 @@ def _scan_depth(raw: bytes | str) -> None:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+# One decoder for every call: json.loads with hooks builds a new JSONDecoder each time.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite_float)
+
+
+def _decode(raw: bytes | str) -> Any:
+    """json.loads(raw, <the hooks above>), with the decoder built once."""
+    if isinstance(raw, str):
+        if raw.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        return _DECODER.decode(raw)
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
 def loads(raw: bytes | str) -> Any:
     """Parse strict JSON; StrictJSONError (a ValueError) with a client-facing reason otherwise."""
     if _openers_exceed_depth(raw):
         _scan_depth(raw)
     try:
-        value = json.loads(
-            raw,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-            parse_float=_finite_float,
-        )
+        value = _decode(raw)
     except StrictJSONError:
         raise
     except RecursionError:

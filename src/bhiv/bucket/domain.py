@@ -62,9 +62,13 @@ class NewEvent:
         return f"{self.received_at}#{self.event_id}"
 
 
-def build_event(event_data: dict[str, Any], requester_id: str, event_id: str | None, now: datetime) -> NewEvent:
-    """The stored form of an accepted event; the server owns every top-level field."""
-    data_json = canonical_json(event_data)
+def build_event(
+    event_data: dict[str, Any], requester_id: str, event_id: str | None, now: datetime, data_json: str | None = None
+) -> NewEvent:
+    """The stored form of an accepted event; the server owns every top-level field. `data_json`:
+    canonical_json(event_data), when the caller has it already (the size check makes it)."""
+    if data_json is None:
+        data_json = canonical_json(event_data)
     content_hash = hashlib.sha256(f"{requester_id}\n{data_json}".encode()).hexdigest()
     agent = subject_of(event_data)
     trace = event_data.get("trace_id")
@@ -94,10 +98,6 @@ def subject_of(event_data: dict[str, Any]) -> str | None:
         if isinstance(value, str) and value and len(value) <= MAX_SUBJECT_CHARS:
             return value
     return None
-
-
-def event_size(event_data: dict[str, Any]) -> int:
-    return len(canonical_json(event_data).encode("utf-8"))
 
 
 def public_event(stored: dict[str, Any]) -> dict[str, Any]:

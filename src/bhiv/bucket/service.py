@@ -83,8 +83,8 @@ class BucketService:
         raise_for_errors(schema_errors("write_event_request", body))
         requester = self._auth.requester_for_write(principal, body["requester_id"])
         event_data: dict[str, Any] = body["event_data"]
-        self._check_event(event_data, "event_data")
-        outcome, event_id = self._store(requester, event_data, body.get("event_id"))
+        data_json = self._check_event(event_data, "event_data")
+        outcome, event_id = self._store(requester, event_data, body.get("event_id"), data_json)
         # 200 for new and duplicate alike: every original client counts only 200 as stored
         if outcome == "duplicate":
             return 200, {"success": True, "message": "Duplicate event ignored", "event_id": event_id, "duplicate": True}
@@ -110,12 +110,13 @@ class BucketService:
                 raise_for_errors(
                     schema_errors("write_event_request", {"requester_id": requester, **item}, prefix=f"events.{index}")
                 )
-                self._check_event(item["event_data"], f"events.{index}.event_data")
+                data_json = self._check_event(item["event_data"], f"events.{index}.event_data")
             except (Unprocessable, PayloadTooLarge) as exc:
                 results[index] = _item_error(index, event_id, exc)
                 continue
             # one microsecond apart, so a batch reads back in the order it was sent
-            event = domain.build_event(item["event_data"], requester, event_id, now + timedelta(microseconds=index))
+            moment = now + timedelta(microseconds=index)
+            event = domain.build_event(item["event_data"], requester, event_id, moment, data_json)
             earlier = first_of_id.get(event.event_id)
             if earlier is None:
                 first_of_id[event.event_id] = event
@@ -140,8 +141,10 @@ class BucketService:
         # never travels with a 2xx that reads as "all done"; else 201 if anything was stored, 200 if not.
         return (207 if not all_ok else 201 if stored_any else 200), {"success": all_ok, "results": final}
 
-    def _check_event(self, event_data: dict[str, Any], where: str) -> None:
-        size = domain.event_size(event_data)
+    def _check_event(self, event_data: dict[str, Any], where: str) -> str:
+        """Refuse an event too large or not valid for its type; returns its canonical JSON."""
+        data_json = domain.canonical_json(event_data)
+        size = len(data_json.encode("utf-8"))
         if size > domain.MAX_EVENT_BYTES:
             raise PayloadTooLarge(
                 f"{where} is {size} bytes; the limit is {domain.MAX_EVENT_BYTES}",
@@ -152,9 +155,12 @@ class BucketService:
         for error in errors:
             error["field"] = error["field"].replace("event_data", where, 1)
         raise_for_errors(errors)
+        return data_json
 
-    def _store(self, requester: str, event_data: dict[str, Any], event_id: str | None) -> tuple[str, str]:
-        event = domain.build_event(event_data, requester, event_id, self._clock())
+    def _store(
+        self, requester: str, event_data: dict[str, Any], event_id: str | None, data_json: str
+    ) -> tuple[str, str]:
+        event = domain.build_event(event_data, requester, event_id, self._clock(), data_json)
         existing = self._events.append(event)
         if existing is not None:
             if existing.get("content_hash") != event.content_hash:
