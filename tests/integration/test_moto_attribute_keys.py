@@ -1,0 +1,63 @@
+"""Table.attribute_keys kept between reads (bhiv.local.moto_patch) answers as moto computes it,
+also after UpdateTable adds or drops an index."""
+
+from __future__ import annotations
+
+import boto3
+from moto import mock_aws
+from moto.dynamodb.models import dynamodb_backends
+
+from bhiv.local import moto_patch
+
+moto_patch.install()
+
+
+def _computed(table: object) -> list[str]:
+    fieldnames = list(table.table_key_attrs)  # type: ignore[attr-defined]
+    for index in table.indexes + table.global_indexes:  # type: ignore[attr-defined]
+        fieldnames += [attr["AttributeName"] for attr in index.schema]
+    return fieldnames
+
+
+def test_attribute_keys_follow_index_changes() -> None:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="T",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "a")],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by-a",
+                    "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        table = dynamodb_backends["123456789012"]["us-east-1"].tables["T"]
+        assert table.attribute_keys == _computed(table) == ["pk", "sk", "a"]
+        assert table.attribute_keys is table.attribute_keys  # kept between reads
+        client.update_table(
+            TableName="T",
+            AttributeDefinitions=[{"AttributeName": "b", "AttributeType": "S"}],
+            GlobalSecondaryIndexUpdates=[
+                {
+                    "Create": {
+                        "IndexName": "by-b",
+                        "KeySchema": [{"AttributeName": "b", "KeyType": "HASH"}],
+                        "Projection": {"ProjectionType": "ALL"},
+                    }
+                }
+            ],
+        )
+        assert table.attribute_keys == _computed(table) == ["pk", "sk", "a", "b"]
+        client.update_table(TableName="T", GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "by-a"}}])
+        assert table.attribute_keys == _computed(table) == ["pk", "sk", "b"]
+        # an empty string in an index key is still refused, as moto refuses it
+        try:
+            client.put_item(TableName="T", Item={"pk": {"S": "p"}, "sk": {"S": "s"}, "b": {"S": ""}})
+        except client.exceptions.ClientError as exc:
+            assert "empty string" in str(exc)
+        else:
+            raise AssertionError("an empty index key was accepted")
