@@ -3,7 +3,11 @@ also after UpdateTable adds or drops an index."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import boto3
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from moto import mock_aws
 from moto.dynamodb.models import dynamodb_backends
 
@@ -61,3 +65,45 @@ def test_attribute_keys_follow_index_changes() -> None:
             assert "empty string" in str(exc)
         else:
             raise AssertionError("an empty index key was accepted")
+
+
+_VALUES = st.one_of(
+    st.builds(lambda kind, text: {kind: text}, st.sampled_from(["S", "N", "B"]), st.sampled_from(["", "x", "0"])),
+    st.just({"BOOL": True}),
+    st.just({"S": "", "N": "1"}),  # malformed: two types
+    st.just({}),
+    st.just({"M": {"x": {"S": ""}}}),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["pk", "sk", "a", "b", "other"]), _VALUES, max_size=5))
+def test_the_empty_key_check_refuses_exactly_what_moto_refuses(item: dict[str, Any]) -> None:
+    import moto.dynamodb.responses as responses
+
+    check = responses.validate_put_has_empty_keys
+    original = check.__wrapped__  # type: ignore[attr-defined]
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="T",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "a")],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by-a",
+                    "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        table = dynamodb_backends["123456789012"]["us-east-1"].tables["T"]
+        outcomes = []
+        for validate in (check, original):
+            try:
+                validate(item, table)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append((type(exc).__name__, str(exc)))
+        assert outcomes[0] == outcomes[1], item

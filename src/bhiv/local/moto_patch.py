@@ -205,6 +205,21 @@ def _attribute_keys_kept() -> None:
 
     Table.attribute_keys = property(attribute_keys)  # type: ignore[assignment,method-assign]
 
+    # moto's empty-key check of every put builds the list of empty string attributes and of every
+    # index's key names; it can only refuse an item holding an empty value, so the others skip it.
+    import moto.dynamodb.responses as responses_module
+
+    check_empty_keys = responses_module.validate_put_has_empty_keys
+
+    def validate_put_has_empty_keys(field_updates: Any, table: Any, custom_error_msg: str | None = None) -> None:
+        for value in field_updates.values():
+            if not isinstance(value, dict) or len(value) != 1 or "" in value.values():
+                check_empty_keys(field_updates, table, custom_error_msg)
+                return
+
+    validate_put_has_empty_keys.__wrapped__ = check_empty_keys  # type: ignore[attr-defined]  # for the tests
+    responses_module.validate_put_has_empty_keys = validate_put_has_empty_keys  # type: ignore[assignment]
+
 
 def _faster_json_and_key_checks() -> None:
     """moto writes every answer, error and stream record size with the standard library's JSON
