@@ -73,16 +73,21 @@ _VALUES = st.one_of(
     st.just({"S": "", "N": "1"}),  # malformed: two types
     st.just({}),
     st.just({"M": {"x": {"S": ""}}}),
+    st.just({"SS": []}),
+    st.just({"NS": []}),
+    st.just({"SS": ["a"]}),
+    st.just({"M": {"x": {"NS": []}}}),
+    st.just({"L": [{"SS": []}]}),
+    st.just({"S": {"SS": []}}),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["pk", "sk", "a", "b", "other"]), _VALUES, max_size=5))
-def test_the_empty_key_check_refuses_exactly_what_moto_refuses(item: dict[str, Any]) -> None:
+def test_the_empty_key_and_set_checks_refuse_exactly_what_moto_refuses(item: dict[str, Any]) -> None:
     import moto.dynamodb.responses as responses
 
-    check = responses.validate_put_has_empty_keys
-    original = check.__wrapped__  # type: ignore[attr-defined]
+    checks = [responses.validate_put_has_empty_keys, responses.validate_put_has_empty_attrs]
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
@@ -99,11 +104,12 @@ def test_the_empty_key_check_refuses_exactly_what_moto_refuses(item: dict[str, A
             BillingMode="PAY_PER_REQUEST",
         )
         table = dynamodb_backends["123456789012"]["us-east-1"].tables["T"]
-        outcomes = []
-        for validate in (check, original):
-            try:
-                validate(item, table)
-                outcomes.append(None)
-            except Exception as exc:
-                outcomes.append((type(exc).__name__, str(exc)))
-        assert outcomes[0] == outcomes[1], item
+        for check in checks:
+            outcomes = []
+            for validate in (check, check.__wrapped__):  # type: ignore[attr-defined]
+                try:
+                    validate(item, table)
+                    outcomes.append(None)
+                except Exception as exc:
+                    outcomes.append((type(exc).__name__, str(exc)))
+            assert outcomes[0] == outcomes[1], (check.__name__, item)

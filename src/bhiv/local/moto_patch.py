@@ -179,6 +179,9 @@ def _cheaper_items_and_conditions() -> None:
             module.create_condition_expression_parser = create_condition_expression_parser  # type: ignore[attr-defined]
 
 
+_PLAIN_SCALARS = frozenset({"S", "N", "B", "BOOL", "NULL"})
+
+
 def _attribute_keys_kept() -> None:
     """moto's `Table.attribute_keys` (every key attribute of the table and its indexes) builds a new
     list from every index's schema on each read, and a put reads it once per attribute of the item
@@ -219,6 +222,23 @@ def _attribute_keys_kept() -> None:
 
     validate_put_has_empty_keys.__wrapped__ = check_empty_keys  # type: ignore[attr-defined]  # for the tests
     responses_module.validate_put_has_empty_keys = validate_put_has_empty_keys  # type: ignore[assignment]
+
+    # Its empty-set check reads attribute_keys once per attribute and walks every value; only a
+    # set, map or list can hold an empty set, so items of plain scalars skip it.
+    check_empty_sets = responses_module.validate_put_has_empty_attrs
+
+    def validate_put_has_empty_attrs(field_updates: Any, table: Any) -> None:
+        for value in field_updates.values():
+            if not isinstance(value, dict) or len(value) != 1:
+                check_empty_sets(field_updates, table)
+                return
+            for kind, inner in value.items():
+                if kind not in _PLAIN_SCALARS or isinstance(inner, dict | list):
+                    check_empty_sets(field_updates, table)
+                    return
+
+    validate_put_has_empty_attrs.__wrapped__ = check_empty_sets  # type: ignore[attr-defined]
+    responses_module.validate_put_has_empty_attrs = validate_put_has_empty_attrs  # type: ignore[assignment]
 
 
 def _faster_json_and_key_checks() -> None:
