@@ -105,7 +105,7 @@ def test_the_empty_key_and_set_checks_refuse_exactly_what_moto_refuses(item: dic
         )
         table = dynamodb_backends["123456789012"]["us-east-1"].tables["T"]
         for check in checks:
-            outcomes = []
+            outcomes: list[tuple[str, str] | None] = []
             for validate in (check, check.__wrapped__):  # type: ignore[attr-defined]
                 try:
                     validate(item, table)

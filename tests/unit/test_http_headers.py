@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.parser
 import http.client
 import io
 from typing import Any
@@ -56,7 +57,7 @@ def test_typical_request_headers_take_the_fast_path_and_match() -> None:
         b"Authorization: Bearer abc.def\r\nContent-Length: 17\r\nX-Empty:\r\nX-Tab:\t v \t\r\n\r\n"
     )
     _same(raw)
-    with mock.patch.object(http_headers.email.parser, "Parser", side_effect=AssertionError("slow path")):
+    with mock.patch.object(email.parser, "Parser", side_effect=AssertionError("slow path")):
         message = http_headers.parse_headers(io.BytesIO(raw))
     assert message["content-length"] == "17" and message.get("X-Tab") == "v \t"
 

@@ -58,6 +58,7 @@ def test_any_bytes_decode_as_json_loads_does(raw: bytes) -> None:
 
 
 def test_duplicates_and_constants_are_still_refused() -> None:
-    for raw in [b'{"a": 1, "a": 2}', b"[NaN]", b"[1e999]", "\ufeff{}"]:
+    samples: list[bytes | str] = [b'{"a": 1, "a": 2}', b"[NaN]", b"[1e999]", "\ufeff{}"]
+    for raw in samples:
         kind, _ = _outcome(strictjson._decode, raw)
         assert kind != "ok", raw
