@@ -558,7 +558,7 @@ class DurableState:
             for name, (next_sequence, records) in streams.items():
                 emit(json.dumps({"stream": name, "next_sequence": next_sequence, "records": len(records)}).encode())
                 for record in records:
-                    emit(json.dumps(record.to_json(), default=_json_default).encode("utf-8"))
+                    emit(fastjson.dumps_bytes(record.to_json(), default=_json_default))
             handle.write(json.dumps({"end": True, "lines": lines, "crc32": crc}).encode("utf-8") + b"\n")
             handle.flush()
             os.fsync(handle.fileno())

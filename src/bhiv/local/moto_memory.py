@@ -32,11 +32,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from bhiv import fastjson
 
 _PATCHED = False
 _COPY_LOCK = threading.Lock()
@@ -370,7 +371,8 @@ def install() -> None:
 
 
 def encode_item(item: Any) -> bytes:
-    return json.dumps(flat_attributes(item), separators=(",", ":"), default=_json_default).encode("utf-8")
+    # a compaction encodes every item (about 3x the final state over a long fill): orjson, not json
+    return fastjson.dumps_bytes(flat_attributes(item), default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
