@@ -30,6 +30,7 @@ def install() -> None:
 
     moto_memory.install()  # first: it replaces moto's DynamoType class, which the patches below capture
     _cheaper_items_and_conditions()
+    _reads_that_iterate_tolerate_writes()
     _attribute_keys_kept()
     _faster_json_and_key_checks()
     _string_values_compare_as_they_are()
@@ -180,6 +181,45 @@ def _cheaper_items_and_conditions() -> None:
 
 
 _PLAIN_SCALARS = frozenset({"S", "N", "B", "BOOL", "NULL"})
+
+
+def _reads_that_iterate_tolerate_writes() -> None:
+    """moto counts a table's items (DescribeTable) and lists them (Scan) by looping over its dicts
+    in Python while other threads write, so a put that adds a partition meanwhile fails the read
+    with "dictionary changed size during iteration": a 500 from the Bucket's health check under
+    load. These take each dict's values in one C-level copy (no other thread runs during it) and
+    then loop over the copy: the same answers, taken at an instant."""
+    from moto.dynamodb.models.table import Table
+
+    def partitions(table: Any) -> list[Any]:
+        return list(table.items.values())
+
+    def table_len(self: Any) -> int:
+        if self.has_range_key:
+            return sum(len(partition) for partition in partitions(self))
+        return len(partitions(self))
+
+    def all_items(self: Any) -> list[Any]:
+        items: list[Any] = []
+        for partition in partitions(self):
+            if self.range_key_attr:
+                items.extend(list(partition.values()))
+            else:
+                items.append(partition)
+        return sorted(items, key=lambda x: (x.hash_key, x.range_key) if x.range_key else x.hash_key)
+
+    def has_idx_items(self: Any, index_name: str) -> list[Any]:
+        index_attrs = {i["AttributeName"] for i in self.get_index(index_name).schema}
+        items: list[Any] = []
+        for partition in partitions(self):
+            for item in list(partition.values()) if self.range_key_attr else [partition]:
+                if index_attrs.issubset(set(item.attrs)):
+                    items.append(item)
+        return items
+
+    Table.__len__ = table_len  # type: ignore[method-assign]
+    Table.all_items = all_items  # type: ignore[method-assign]
+    Table.has_idx_items = has_idx_items  # type: ignore[method-assign]
 
 
 def _attribute_keys_kept() -> None:
