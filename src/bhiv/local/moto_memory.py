@@ -370,6 +370,23 @@ def _before_update(table: Any, key: dict[str, Any]) -> None:
             copy._changing(item)
 
 
+def _one_boto_session() -> None:
+    """moto lists each service's regions (once per backend) from a boto3 `Session()` of its own,
+    which loads botocore's endpoint data (about 7 MB of Python objects) and the service's model a
+    second time, next to the copies held by boto3's default session for the clients. moto's region
+    discovery uses the default session instead: also a `Session()` without arguments (what
+    `boto3.setup_default_session()` makes), so the same files and the same regions."""
+    import boto3
+    from moto.core.base_backend import AccountSpecificBackend
+
+    def get_session(cls: Any) -> Any:
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        return boto3.DEFAULT_SESSION
+
+    AccountSpecificBackend.get_session = classmethod(get_session)  # type: ignore[method-assign,assignment]
+
+
 def install() -> None:
     """Patch moto (idempotent; before bhiv.local.moto_patch, which calls it first): DynamoType
     with slots, UpdateItem records the item's prior image for open table copies, and items written
@@ -380,6 +397,7 @@ def install() -> None:
     _slotted_dynamo_type()
     _slotted_items()
     _untracked_models()
+    _one_boto_session()
     _compact_stream_records()
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
