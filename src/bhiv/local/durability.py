@@ -29,6 +29,7 @@ Design (see docs/local-state.md):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import itertools
 import json
@@ -65,6 +66,26 @@ PROGRESS_EVERY = 5000
 
 class SnapshotError(RuntimeError):
     """The snapshot cannot be read: start-up refuses, since starting without it would lose state."""
+
+
+_LIBC: Any = None
+
+
+def release_free_memory() -> bool:
+    """Give the C allocator's free pages back to the system (glibc's malloc_trim): after a restore
+    or a compaction, the memory their temporary data used stays in the process otherwise, counted
+    in its RSS. Frees nothing that is in use; False (and nothing done) without glibc."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC is False:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
 
 
 def _atomic_write(path: Path, data: str) -> None:
@@ -142,6 +163,7 @@ class DurableState:
         if self.queues_path.exists():
             self._load_queues(sqs, json.loads(self.queues_path.read_text(encoding="utf-8")))
         self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - held open for the run
+        release_free_memory()  # the parsed lines are gone: their pages go back to the system
 
     def _load_and_replay(
         self, dynamodb: Any, progress: Callable[[str], None] | None, horizons: dict[str, int | None]
@@ -527,6 +549,7 @@ class DurableState:
             else:
                 _atomic_write_bytes(self.journal_path, b"")
         self.compactions += 1
+        release_free_memory()  # the serialised lines and the copy's references are gone
 
     def _write_snapshot(self, generation: int, copy: Any, streams: dict[str, tuple[int, list[Any]]]) -> None:
         """Snapshot version 3, JSON lines, written to a temporary file and renamed over the old one:

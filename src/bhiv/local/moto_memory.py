@@ -16,7 +16,10 @@
 * **Slots**: moto's `DynamoType` (one per attribute of every item: about 30 per stored event) keeps
   its two fields in a per-object dict; `install` replaces the class, before anything is stored, by
   the same class with `__slots__ = ("type", "value")`: 48 bytes instead of 88, same methods,
-  rebound in every module that imported it. Nothing in moto sets other fields on one.
+  rebound in every module that imported it. Nothing in moto sets other fields on one. The same for
+  `Item` (`hash_key`, `range_key`, `attrs` and a weak-reference slot; 64 bytes instead of 96; its
+  base `BaseModel` is left out: it has no slots and only tracks instances, which items no longer
+  are) and the `attrs` dict class `LimitedSizeDict` (only a weak-reference slot: 16 bytes less).
 * **Sharing**: attribute names, and scalar attributes that repeat (event types, requester ids,
   feed names, marker partitions, a timestamp held twice in one item), are one object shared by the
   items that hold them. moto never changes a scalar `DynamoType` in place (an update replaces the
@@ -34,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -258,20 +262,56 @@ def _compact_stream_records() -> None:
     table_module.StreamRecord = StreamRecord
 
 
+ORIGINAL_CLASSES: dict[str, type] = {}  # moto's own classes, replaced by their slotted versions (for tests)
+
+
 def _slotted_dynamo_type() -> None:
     """moto's DynamoType with __slots__, rebound wherever the class was imported (see above)."""
     import moto.dynamodb.models.dynamo_type as module
 
-    old = module.DynamoType
+    _slotted(module, "DynamoType", ("type", "value"))
+
+
+def _slotted_items() -> None:
+    """moto's Item and its attribute dict with __slots__ (see above): the same classes, without
+    the per-object dict (32 bytes an Item, 16 a LimitedSizeDict)."""
+    import moto.dynamodb.models.dynamo_type as module
+    from moto.core.common_models import BaseModel
+
+    # Item's only base besides object is BaseModel, which has no slots (so every subclass has a
+    # dict) and only tracks instances (which items no longer are, see _untracked_models).
+    # Both keep their weak-reference slot: moto's classes can be weakly referenced.
+    _slotted(module, "Item", ("hash_key", "range_key", "attrs", "__weakref__"), drop_base=BaseModel)
+    _slotted(module, "LimitedSizeDict", ("__weakref__",))
+
+
+def _slotted(module: Any, name: str, slots: tuple[str, ...], drop_base: type | None = None) -> None:
+    """Replace module.<name> by the same class with these __slots__ (its methods' zero-argument
+    super() bound to the new class), in every loaded module that imported it."""
+    old = getattr(module, name)
     if "__slots__" in vars(old):
         return
+    ORIGINAL_CLASSES[name] = old
+    bases = tuple(base for base in old.__bases__ if base is not drop_base) or (object,)
     namespace = {k: v for k, v in vars(old).items() if k not in ("__dict__", "__weakref__")}
-    namespace["__slots__"] = ("type", "value")
-    new = type(old.__name__, old.__bases__, namespace)
+    namespace["__slots__"] = slots
+    new = type(old.__name__, bases, namespace)
     new.__qualname__ = old.__qualname__
+    for key, value in namespace.items():
+        code = getattr(value, "__code__", None)
+        if code is not None and "__class__" in code.co_freevars:
+            cells = tuple(
+                types.CellType(new) if free == "__class__" else cell
+                for free, cell in zip(code.co_freevars, value.__closure__, strict=True)
+            )
+            function = types.FunctionType(code, value.__globals__, value.__name__, value.__defaults__, cells)
+            function.__kwdefaults__ = value.__kwdefaults__
+            function.__qualname__ = value.__qualname__
+            function.__doc__ = value.__doc__
+            setattr(new, key, function)
     for loaded in list(sys.modules.values()):
-        if getattr(loaded, "DynamoType", None) is old:
-            loaded.DynamoType = new  # type: ignore[attr-defined]
+        if getattr(loaded, name, None) is old:
+            setattr(loaded, name, new)
 
 
 class TableCopy:
@@ -331,6 +371,23 @@ def _before_update(table: Any, key: dict[str, Any]) -> None:
             copy._changing(item)
 
 
+def _one_boto_session() -> None:
+    """moto lists each service's regions (once per backend) from a boto3 `Session()` of its own,
+    which loads botocore's endpoint data (about 7 MB of Python objects) and the service's model a
+    second time, next to the copies held by boto3's default session for the clients. moto's region
+    discovery uses the default session instead: also a `Session()` without arguments (what
+    `boto3.setup_default_session()` makes), so the same files and the same regions."""
+    import boto3
+    from moto.core.base_backend import AccountSpecificBackend
+
+    def get_session(cls: Any) -> Any:
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        return boto3.DEFAULT_SESSION
+
+    AccountSpecificBackend.get_session = classmethod(get_session)  # type: ignore[method-assign,assignment]
+
+
 def install() -> None:
     """Patch moto (idempotent; before bhiv.local.moto_patch, which calls it first): DynamoType
     with slots, UpdateItem records the item's prior image for open table copies, and items written
@@ -339,7 +396,9 @@ def install() -> None:
     if _PATCHED:
         return
     _slotted_dynamo_type()
+    _slotted_items()
     _untracked_models()
+    _one_boto_session()
     _compact_stream_records()
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table

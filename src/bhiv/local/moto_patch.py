@@ -12,8 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
-from operator import itemgetter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -468,8 +467,12 @@ def _sortable(value: Any) -> Any:
 
 
 class _KeyIndex:
-    """The keys of one table or index, partition by partition, each partition kept sorted the way
-    moto orders a Query's results: (range key, then the table's keys for an index)."""
+    """The items of one table or index, partition by partition, each partition kept sorted the way
+    moto orders a Query's results: (range key, then the table's keys for an index).
+
+    Only the items are stored (8 bytes a row); a row's sort key is read from the item itself when a
+    search needs it. So an item must not change its key attributes while it is in the index: the
+    writes below take an item out before UpdateItem changes it in place and put it back after."""
 
     def __init__(self, hash_attr: str, range_attr: str, tie_attrs: list[str], table: Any = None) -> None:
         self.hash_attr = hash_attr
@@ -479,8 +482,35 @@ class _KeyIndex:
         # Query of each, from moto's items of that hash key: a partition nobody reads (the stats
         # and Karma markers) costs no memory and no upkeep on writes.
         self.table = table
-        self.partitions: dict[Any, list[tuple[Any, ...]]] = {}  # sorted keys
-        self.items: dict[Any, list[Any]] = {}  # the items, in the order of their keys (a list: 8 bytes a row)
+        self.partitions: dict[Any, list[Any]] = {}  # the items, sorted by sort_key
+
+        def value(attribute: Any) -> Any:
+            return attribute.value if attribute.type == "S" else _sortable(attribute)
+
+        if not tie_attrs:
+
+            def sort_key(item: Any) -> tuple[Any, ...]:
+                return (value(item.attrs[range_attr]),)
+
+        elif len(tie_attrs) == 1:
+            tie = tie_attrs[0]
+
+            def sort_key(item: Any) -> tuple[Any, ...]:
+                attrs = item.attrs
+                return (value(attrs[range_attr]), value(attrs[tie]))
+
+        else:
+            names = [range_attr, *tie_attrs]
+
+            def sort_key(item: Any) -> tuple[Any, ...]:
+                attrs = item.attrs
+                return tuple([value(attrs[name]) for name in names])
+
+        def range_key(item: Any) -> Any:
+            return value(item.attrs[range_attr])
+
+        self.sort_key = sort_key
+        self.range_key = range_key
 
     def entry(self, item: Any) -> tuple[Any, tuple[Any, ...]] | None:
         attrs = item.attrs
@@ -500,42 +530,51 @@ class _KeyIndex:
         partition, key = found
         if self.table is not None and partition not in self.partitions:
             return  # not built: it will be, from the table, when it is first read
-        keys = self.partitions.setdefault(partition, [])
-        items = self.items.setdefault(partition, [])
-        position = bisect_left(keys, key)
-        if position < len(keys) and keys[position] == key:
-            items[position] = item
+        rows = self.partitions.setdefault(partition, [])
+        if not rows or self.sort_key(rows[-1]) < key:
+            rows.append(item)  # the usual case: keys that grow with time
+            return
+        position = bisect_left(rows, key, key=self.sort_key)
+        if position < len(rows) and self.sort_key(rows[position]) == key:
+            rows[position] = item
         else:
-            keys.insert(position, key)
-            items.insert(position, item)
+            rows.insert(position, item)
+
+    def build(self, items: Iterable[Any]) -> None:
+        """Index these items (an empty index; their keys unique, as a table's are)."""
+        for item in items:
+            found = self.entry(item)
+            if found is not None:
+                self.partitions.setdefault(found[0], []).append(item)
+        for rows in self.partitions.values():
+            rows.sort(key=self.sort_key)
 
     def remove(self, item: Any) -> None:
         found = self.entry(item)
         if found is not None:
             self.drop(found[0], found[1], item)
 
-    def rows(self, partition: Any, hash_key: Any) -> tuple[list[tuple[Any, ...]], list[Any]]:
-        """A partition's sorted keys and its items in the same order (built now if it is not)."""
+    def rows(self, partition: Any, hash_key: Any) -> list[Any]:
+        """A partition's items in key order (built now if it is not)."""
         if self.table is not None and partition not in self.partitions:
             stored = self.table.items.get(hash_key)
-            entries = [(found[1], item) for item in (stored or {}).values() if (found := self.entry(item))]
-            if entries:
-                entries.sort(key=itemgetter(0))
-                self.partitions[partition] = [key for key, _ in entries]
-                self.items[partition] = [item for _, item in entries]
-        return self.partitions.get(partition, []), self.items.get(partition, [])
+            rows = [item for item in (stored or {}).values() if self.entry(item) is not None]
+            if rows:
+                rows.sort(key=self.sort_key)
+                self.partitions[partition] = rows
+        return self.partitions.get(partition, [])
 
     def drop(self, partition: Any, key: tuple[Any, ...], item: Any) -> None:
         """Remove the row `key` of `partition` if it still holds `item`."""
-        keys = self.partitions.get(partition)
-        if keys is None:
+        rows = self.partitions.get(partition)
+        if rows is None:
             return
-        position = bisect_left(keys, key)
-        if position == len(keys) or keys[position] != key or self.items[partition][position] is not item:
+        position = bisect_left(rows, key, key=self.sort_key)
+        if position == len(rows) or rows[position] is not item:
             return
-        del keys[position], self.items[partition][position]
-        if not keys:
-            del self.partitions[partition], self.items[partition]
+        del rows[position]
+        if not rows:
+            del self.partitions[partition]
 
 
 class _TableIndexes:
@@ -568,9 +607,11 @@ class _TableIndexes:
                 index = _KeyIndex(hashes[0], ranges[0], ties)
         if index is not None:
             try:
-                for partition in table.items.values():  # not all_items(): tests count its calls
-                    for item in partition.values() if table.range_key_attr else [partition]:
-                        index.add(item)
+                index.build(
+                    item
+                    for partition in table.items.values()  # not all_items(): tests count its calls
+                    for item in (partition.values() if table.range_key_attr else [partition])
+                )
             except _Unsupported:
                 index = None
         self.by_name[index_name] = index
@@ -589,13 +630,11 @@ class _TableIndexes:
                 except _Unsupported:
                     self.by_name[name] = None
 
-    def replace_entries(self, before: list[tuple[_KeyIndex, Any, tuple[Any, ...]]], item: Any) -> None:
-        """After an in-place update: drop the entries the item had, index what it has now."""
+    def take_out(self, item: Any) -> None:
+        """Before an in-place update: drop the rows the item has (it is indexed again after)."""
         with self.lock:
-            for index, partition, key in before:
+            for index, partition, key in self.entries(item):
                 index.drop(partition, key, item)
-            if item is not None:
-                self.replace(None, item)
 
     def entries(self, item: Any) -> list[tuple[_KeyIndex, Any, tuple[Any, ...]]]:
         found = []
@@ -623,32 +662,32 @@ def _indexes(table: Any, create: bool = False) -> _TableIndexes | None:
 _COMPARISONS = {"=": "EQ", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
 
 
-def _window(keys: list[tuple[Any, ...]], comparison: str | None, bounds: list[Any]) -> tuple[int, int]:
-    """Positions [lo, hi) of a sorted partition that can satisfy the range key condition."""
-    first = itemgetter(0)
+def _window(rows: list[Any], first: Callable[[Any], Any], comparison: str | None, bounds: list[Any]) -> tuple[int, int]:
+    """Positions [lo, hi) of a sorted partition (`first`: a row's range key) that can satisfy the
+    range key condition."""
     if comparison is None:
-        return 0, len(keys)
+        return 0, len(rows)
     comparison = _COMPARISONS.get(comparison.upper(), comparison.upper())
     values = [_sortable(b) for b in bounds]
     if comparison == "EQ":
-        return bisect_left(keys, values[0], key=first), bisect_right(keys, values[0], key=first)
+        return bisect_left(rows, values[0], key=first), bisect_right(rows, values[0], key=first)
     if comparison == "LT":
-        return 0, bisect_left(keys, values[0], key=first)
+        return 0, bisect_left(rows, values[0], key=first)
     if comparison == "LE":
-        return 0, bisect_right(keys, values[0], key=first)
+        return 0, bisect_right(rows, values[0], key=first)
     if comparison == "GT":
-        return bisect_right(keys, values[0], key=first), len(keys)
+        return bisect_right(rows, values[0], key=first), len(rows)
     if comparison == "GE":
-        return bisect_left(keys, values[0], key=first), len(keys)
+        return bisect_left(rows, values[0], key=first), len(rows)
     if comparison == "BETWEEN":
-        return bisect_left(keys, values[0], key=first), bisect_right(keys, values[1], key=first)
+        return bisect_left(rows, values[0], key=first), bisect_right(rows, values[1], key=first)
     if comparison == "BEGINS_WITH" and isinstance(values[0], str):
         prefix = values[0]
 
-        def head(entry: tuple[Any, ...]) -> Any:
-            return entry[0][: len(prefix)]
+        def head(row: Any) -> Any:
+            return first(row)[: len(prefix)]
 
-        return bisect_left(keys, prefix, key=first), bisect_right(keys, prefix, key=head)
+        return bisect_left(rows, prefix, key=first), bisect_right(rows, prefix, key=head)
     raise _Unsupported(comparison)
 
 
@@ -701,9 +740,9 @@ def _fast_query(
         ):
             raise _Unsupported("range key conditions")
         partition = (hash_key.type, _sortable(hash_key))
-        keys, rows = index.rows(partition, hash_key)
-        lo, hi = _window(keys, range_comparison, range_objs)
-        start, end = 0, len(keys)
+        rows = index.rows(partition, hash_key)
+        lo, hi = _window(rows, index.range_key, range_comparison, range_objs)
+        start, end = 0, len(rows)
         if exclusive_start_key is not None:
             attrs = [index.range_attr, *index.tie_attrs]
             if index.hash_attr not in exclusive_start_key or any(a not in exclusive_start_key for a in attrs):
@@ -712,9 +751,9 @@ def _fast_query(
                 raise _Unsupported("start key from another partition")
             probe = tuple(_sortable(DynamoType(exclusive_start_key[a])) for a in attrs)
             if scan_index_forward:
-                start = bisect_right(keys, probe)
+                start = bisect_right(rows, probe, key=index.sort_key)
             else:
-                end = bisect_left(keys, probe)
+                end = bisect_left(rows, probe, key=index.sort_key)
         if scan_index_forward:
             window = range(max(lo, start), min(hi, end))
             remaining = range(max(hi, start), end)
@@ -847,10 +886,13 @@ def _patch_query() -> None:
         if state is None:
             return original_update(self, table_name, key, *args, **kwargs)
         with state.lock:
-            before = state.entries(_current(table, key))
-            item = original_update(self, table_name, key, *args, **kwargs)
-            state.replace_entries(before, item)
-            return item
+            # The index reads a row's key from the item, which UpdateItem changes in place: out
+            # first, back in with what it holds now (also when moto refuses the update).
+            state.take_out(_current(table, key))
+            try:
+                return original_update(self, table_name, key, *args, **kwargs)
+            finally:
+                state.replace(None, _current(table, key))
 
     def _current(table: Any, attrs: dict[str, Any]) -> Any:
         try:
