@@ -11,6 +11,21 @@ from moto import mock_aws
 from bhiv.local import fast_client, moto_patch, template
 from bhiv.storage import aws as aws_clients
 
+OFFLINE_AWS_ENV = {
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "t",
+    "AWS_SECRET_ACCESS_KEY": "t",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+}
+
+
+def use_offline_aws(env: pytest.MonkeyPatch) -> None:
+    """The environment moto's tests run in: fake credentials, one region, and no endpoint of a
+    running stack (BHIV_AWS_ENDPOINT_URL), so every client talks to the in-process mock."""
+    for key, value in OFFLINE_AWS_ENV.items():
+        env.setenv(key, value)
+    env.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+
 
 @pytest.fixture
 def client_kind() -> str:
@@ -23,14 +38,7 @@ def client_kind() -> str:
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, client_kind: str) -> Iterator[dict[str, Any]]:
     """moto with the template's tables and queues, and the Bucket's environment."""
-    for key, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+    use_offline_aws(monkeypatch)
     monkeypatch.setenv("BHIV_LOCAL_FAST_CLIENT", "1" if client_kind == "fast" else "0")
     aws_clients.client.cache_clear()
     with mock_aws():

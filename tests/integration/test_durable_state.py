@@ -12,20 +12,14 @@ import pytest
 from moto import mock_aws
 
 from bhiv.local import durability, moto_patch, template
+from tests.integration.conftest import use_offline_aws
 
 REGION = "us-east-1"
 
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+    use_offline_aws(monkeypatch)
     yield
     durability.activate(None)
 

@@ -23,23 +23,28 @@ def _computed(table: object) -> list[str]:
     return fieldnames
 
 
+def _table_with_an_index() -> tuple[Any, Any]:
+    """Table T (pk, sk) with a GSI on `a`, in the current mock: its client and moto's Table."""
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName="T",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "a")],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by-a",
+                "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return client, dynamodb_backends["123456789012"]["us-east-1"].tables["T"]
+
+
 def test_attribute_keys_follow_index_changes() -> None:
     with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="T",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "a")],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "by-a",
-                    "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        table = dynamodb_backends["123456789012"]["us-east-1"].tables["T"]
+        client, table = _table_with_an_index()
         assert table.attribute_keys == _computed(table) == ["pk", "sk", "a"]
         assert table.attribute_keys is table.attribute_keys  # kept between reads
         client.update_table(
@@ -89,21 +94,7 @@ def test_the_empty_key_and_set_checks_refuse_exactly_what_moto_refuses(item: dic
 
     checks = [responses.validate_put_has_empty_keys, responses.validate_put_has_empty_attrs]
     with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="T",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "a")],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "by-a",
-                    "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        table = dynamodb_backends["123456789012"]["us-east-1"].tables["T"]
+        _, table = _table_with_an_index()
         for check in checks:
             outcomes: list[tuple[str, str] | None] = []
             for validate in (check, check.__wrapped__):  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from moto import mock_aws
 from moto.dynamodb.models.table import Table
 
 from bhiv.local import moto_patch
+from tests.integration.conftest import use_offline_aws
 
 _names = itertools.count()
 
@@ -21,14 +22,7 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def dynamodb() -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as env:
-        for key, value in {
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "t",
-            "AWS_SECRET_ACCESS_KEY": "t",
-            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-        }.items():
-            env.setenv(key, value)
-        env.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+        use_offline_aws(env)
         with mock_aws():
             moto_patch.install()
             yield boto3.client("dynamodb", region_name="us-east-1")

@@ -10,18 +10,12 @@ import pytest
 from moto import mock_aws
 
 from bhiv.local import moto_patch
+from tests.integration.conftest import use_offline_aws
 
 
 @pytest.fixture
 def _moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+    use_offline_aws(monkeypatch)
     with mock_aws():
         moto_patch.install()
         yield

@@ -13,6 +13,7 @@ import pytest
 from moto import mock_aws
 
 from bhiv.local import moto_memory, moto_patch
+from tests.integration.conftest import use_offline_aws
 
 ITEM = {
     "pk": {"S": "p"},
@@ -29,14 +30,7 @@ ITEM = {
 @pytest.fixture(scope="module")
 def dynamodb() -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as env:
-        for key, value in {
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "t",
-            "AWS_SECRET_ACCESS_KEY": "t",
-            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-        }.items():
-            env.setenv(key, value)
-        env.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+        use_offline_aws(env)
         with mock_aws():
             moto_patch.install()
             client = boto3.client("dynamodb", region_name="us-east-1")

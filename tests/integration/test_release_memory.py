@@ -10,19 +10,13 @@ import pytest
 from moto import mock_aws
 
 from bhiv.local import durability
+from tests.integration.conftest import use_offline_aws
 from tests.integration.test_durable_state import _picture, _restart, _start, _workload
 
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("BHIV_AWS_ENDPOINT_URL", raising=False)
+    use_offline_aws(monkeypatch)
     yield
     durability.activate(None)
 
