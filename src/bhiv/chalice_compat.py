@@ -79,13 +79,13 @@ def _patch_local_gateway() -> None:
 
     chalice_local.LocalGateway.handle_request = handle_request
     chalice_local.LocalGateway._bhiv_not_found = True
-    _remember_route_matches()
+    _remember_per_gateway_lookups()
 
 
 ROUTE_MATCHES_KEPT = 1024  # per server; a bound against clients that send endless distinct paths
 
 
-def _remember_route_matches() -> None:
+def _remember_per_gateway_lookups() -> None:
     """Chalice's local route matcher parses the URL and walks every route on each call, and a request
     is matched twice (above, then by the event converter): about 8 % of a single write's CPU. The
     answer depends on the URL alone, so it is kept; each caller gets its own copy of the dicts.
