@@ -122,12 +122,28 @@ def make_item(hash_attr: str, range_attr: str | None, flat: list[Any]) -> Any:
     return item
 
 
+class _OneAttribute:
+    """What moto's Item.to_json reads of an item (its attrs): one attribute of a real one."""
+
+    __slots__ = ("attrs",)
+
+    def __init__(self, name: str, attribute: Any) -> None:
+        self.attrs = {name: attribute}
+
+
 def flat_attributes(item: Any) -> list[Any]:
-    """An item as [name, type, value, ...]: its DynamoDB JSON (moto's Item.to_json), flattened."""
+    """An item as [name, type, value, ...]: its DynamoDB JSON (moto's Item.to_json), flattened.
+    A compaction encodes every item: a scalar is its type and value as they are (what to_json
+    gives), only maps and lists go through moto's conversion."""
     flat: list[Any] = []
-    for name, typed in item.to_json()["Attributes"].items():
-        for kind, value in typed.items():
-            flat += (name, kind, value)
+    to_json = type(item).to_json
+    for name, attribute in item.attrs.items():
+        value = attribute.value
+        if isinstance(value, dict | list):
+            for kind, inner in to_json(_OneAttribute(name, attribute))["Attributes"][name].items():
+                flat += (name, kind, inner)
+        else:
+            flat += (name, attribute.type, value)
     return flat
 
 
@@ -401,7 +417,6 @@ def install() -> None:
     _one_boto_session()
     _compact_stream_records()
     from moto.dynamodb.models import DynamoDBBackend
-    from moto.dynamodb.models.table import Table
 
     update_item = DynamoDBBackend.update_item
 
@@ -416,17 +431,67 @@ def install() -> None:
         return item
 
     DynamoDBBackend.update_item = update_item_copy_aware  # type: ignore[method-assign]
-
-    put_item = Table.put_item
-
-    def put_item_shared(self: Any, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        item = put_item(self, item_attrs, *args, **kwargs)
-        if item is not None:
-            share_scalars(item)
-        return item
-
-    Table.put_item = put_item_shared  # type: ignore[method-assign]
+    _items_built_shared()
     _PATCHED = True
+
+
+ITEM_SIZE_LIMIT = 405_000  # moto's limit on an item's summed attribute sizes
+
+
+def _utf8_len(text: Any) -> int:
+    if type(text) is str:
+        return len(text) if text.isascii() else len(text.encode("utf-8"))
+    from moto.dynamodb.models.utilities import bytesize
+
+    return int(bytesize(text))
+
+
+def _items_built_shared() -> None:
+    """`Item(hash, range, attrs)` (every put, and moto's copies) builds each attribute once:
+    a string or number straight into a shared (or new) slotted DynamoType, names interned, the
+    item's size summed in the same pass and checked once. moto's own constructor re-sums the size
+    on every attribute it sets (quadratic), and each put used to walk the item a second time to
+    share its scalars. Other types are built by DynamoType as before. Same objects, same values,
+    same limit and error."""
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+
+    new = DynamoType.__new__
+    intern = sys.intern
+    shared = _shared
+
+    def item_init(self: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
+        self.hash_key = hash_key
+        self.range_key = range_key
+        built: dict[str, Any] = {}
+        size = 0
+        for name, value in attrs.items():
+            if type(value) is dict and len(value) == 1 and type(name) is str:
+                ((kind, inner),) = value.items()
+                if (kind == "S" or kind == "N") and type(inner) is str:
+                    # DynamoType.size: a number's text length, a string's UTF-8 length
+                    size += len(name) if name.isascii() else len(name.encode("utf-8"))
+                    size += len(inner) if kind == "N" or inner.isascii() else len(inner.encode("utf-8"))
+                    attribute = shared[kind].get(inner)
+                    if attribute is None:
+                        attribute = shared_scalar(kind, inner)
+                        if attribute is None:  # too long to share
+                            attribute = new(DynamoType)
+                            attribute.type = kind
+                            attribute.value = inner
+                    built[intern(name)] = attribute
+                    continue
+            attribute = DynamoType(value)
+            size += _utf8_len(name) + attribute.size()
+            if attribute.type in _SCALARS:
+                attribute = shared_scalar(attribute.type, attribute.value) or attribute
+            built[intern(name) if type(name) is str else name] = attribute
+        if size > ITEM_SIZE_LIMIT:
+            raise ItemSizeTooLarge  # moto's limit, checked once on the whole item
+        self.attrs = LimitedSizeDict()
+        dict.update(self.attrs, built)
+
+    Item.__init__ = item_init  # type: ignore[method-assign]
 
 
 def encode_item(item: Any) -> bytes:

@@ -105,28 +105,35 @@ def install() -> None:
 
 
 def _cheaper_items_and_conditions() -> None:
-    """Two costs of every moto write that grow with nothing useful: an item's size is re-summed
-    on every attribute set while it is built (quadratic in its attributes), and the same condition
-    expression is tokenised and parsed again for every item. Same checks, same errors."""
+    """Two costs of every moto write that grow with nothing useful: the same condition expression
+    is tokenised and parsed again for every item, and an item's types are checked by a recursive
+    walk that, for plain strings and numbers, only ever checks the numbers. (Items themselves are
+    built in one pass: bhiv.local.moto_memory.) Same checks, same errors."""
     import moto.dynamodb.models as models_module
-    from moto.dynamodb import comparisons
-    from moto.dynamodb.exceptions import ItemSizeTooLarge
-    from moto.dynamodb.models import table as table_module
-    from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
-    from moto.dynamodb.models.utilities import bytesize
-
-    def item_init(self: Any, hash_key: Any, range_key: Any, attrs: dict[str, Any]) -> None:
-        self.hash_key = hash_key
-        self.range_key = range_key
-        self.attrs = LimitedSizeDict()
-        converted = {key: DynamoType(value) for key, value in attrs.items()}
-        if sum(bytesize(key) + value.size() for key, value in converted.items()) > 405000:
-            raise ItemSizeTooLarge  # moto's limit, checked once on the whole item
-        dict.update(self.attrs, converted)
-
-    Item.__init__ = item_init  # type: ignore[method-assign]
-
     import moto.dynamodb.responses as responses_module
+    from moto.dynamodb import comparisons
+    from moto.dynamodb.models import table as table_module
+
+    validate_types = table_module.Table._validate_item_types
+
+    def validate_item_types(self: Any, item_attrs: dict[str, Any], attr: str | None = None) -> None:
+        # moto's walk checks each top-level attribute on its own; for a value {"S": text} or
+        # {"N": text} that is only the number's text. Other values take moto's walk, in order.
+        if attr is not None:
+            validate_types(self, item_attrs, attr)
+            return
+        for name, value in item_attrs.items():
+            if type(value) is dict and len(value) == 1:
+                ((kind, inner),) = value.items()
+                if type(inner) is str and kind == "S":
+                    continue
+                if type(inner) is str and kind == "N":
+                    self._validate_number_type(inner)
+                    continue
+            validate_types(self, {name: value})
+
+    validate_item_types.__wrapped__ = validate_types  # type: ignore[attr-defined]  # for the tests
+    table_module.Table._validate_item_types = validate_item_types  # type: ignore[method-assign]
 
     create_parser = comparisons.create_condition_expression_parser
     parsed: dict[bytes, _ParsedCondition] = {}
@@ -342,6 +349,22 @@ def _string_values_compare_as_they_are() -> None:
 
     cast_value._bhiv_fast = True  # type: ignore[attr-defined]
     cls.cast_value = property(cast_value)
+
+    # Every put and key lookup builds DynamoTypes of its keys (six per transaction item) through
+    # a generic path (two lists, two type tests); a plain string or number is set directly.
+    init = cls.__init__
+
+    def __init__(self: Any, type_as_dict: Any) -> None:
+        if type(type_as_dict) is dict and len(type_as_dict) == 1:
+            ((kind, value),) = type_as_dict.items()
+            if (kind == "S" or kind == "N") and type(value) is str:
+                self.type = kind
+                self.value = value
+                return
+        init(self, type_as_dict)
+
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]  # for the tests
+    cls.__init__ = __init__
 
 
 _PLACEHOLDER = "\x00bhiv-value:"

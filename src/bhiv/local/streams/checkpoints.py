@@ -41,7 +41,7 @@ class Checkpoints:
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
         self._dirty = False
         self._dir_made = False
-        self._saved_at = 0.0
+        self._saved_at: float | None = None  # never saved: the first position is saved at once
         self._saved: dict[str, dict[str, str | None]] = {}
         if path.exists():
             try:
@@ -82,7 +82,11 @@ class Checkpoints:
             entry["finished"] = finished
             entry["updated_at"] = _iso(lambda_shapes.wall_clock())
             self._dirty = True
-            due = finished or time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S
+            due = (
+                finished
+                or self._saved_at is None
+                or time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S
+            )
         if due:
             self.save()
 
