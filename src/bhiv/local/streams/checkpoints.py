@@ -82,11 +82,7 @@ class Checkpoints:
             entry["finished"] = finished
             entry["updated_at"] = _iso(lambda_shapes.wall_clock())
             self._dirty = True
-            due = (
-                finished
-                or self._saved_at is None
-                or time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S
-            )
+            due = finished or self._saved_at is None or time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S
         if due:
             self.save()
 
