@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
+
 from bhiv.local.streams.checkpoints import Checkpoints
 
 
@@ -46,3 +48,16 @@ def test_saves_are_due_again_after_the_interval(tmp_path: Path) -> None:
     for position in ("1", "2", "3"):
         checkpoints.record("T", "s-1", position)
         assert _on_disk(path) == position
+
+
+def test_the_first_position_is_saved_at_once_however_long_the_machine_has_been_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # time.monotonic() counts from boot: right after one, it is below any interval
+    monkeypatch.setattr("bhiv.local.streams.checkpoints.time.monotonic", lambda: 0.01)
+    path = tmp_path / "cp.json"
+    checkpoints = Checkpoints(path, logging.getLogger("test"))
+    checkpoints.record("T", "s-1", "100")
+    assert _on_disk(path) == "100" and checkpoints.positions("T") == {"s-1": "100"}
+    checkpoints.record("T", "s-1", "200")  # within the interval of that save: kept for later
+    assert _on_disk(path) == "100"
