@@ -217,17 +217,23 @@ def _karma_latency(stack: RunningStack, samples: int, start: int) -> dict[str, f
     return {"p50": statistics.median(latencies) * 1000, "p99": _pct(latencies, 0.99)}
 
 
-def _timed(call: Any, repeat: int = 7) -> float:
+READ_REPEAT = 41  # a read takes milliseconds: one slow sample (a busy neighbour) must not be the median
+
+
+def _timed(call: Any, pid: int, repeat: int = READ_REPEAT) -> tuple[float, float]:
+    """(median latency in ms, the stack's CPU per call in ms): on a shared machine the CPU is the
+    steadier of the two (a latency median moved 2x between runs with the same ScannedCount)."""
     times = []
+    cpu = _cpu_seconds(pid)
     for _ in range(repeat):
         t0 = time.perf_counter()
         status, body = call()
         times.append(time.perf_counter() - t0)
         assert status == 200, body
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000, (_cpu_seconds(pid) - cpu) / repeat * 1000
 
 
-def _reads(stack: RunningStack, stored: int, moto_url: str) -> dict[str, tuple[float, int]]:
+def _reads(stack: RunningStack, stored: int, moto_url: str) -> dict[str, tuple[float, int, float]]:
     import boto3
     from botocore.config import Config
 
@@ -270,23 +276,29 @@ def _reads(stack: RunningStack, stored: int, moto_url: str) -> dict[str, tuple[f
         ScanIndexForward=False,
         Limit=20,
     )["ScannedCount"]
-    return {
-        "GET /core/events newest 100": (_timed(lambda: events.call("GET", "/core/events?limit=100")), scanned({})),
+    pid = stack.process.pid
+    reads = {
+        "GET /core/events newest 100": (lambda: events.call("GET", "/core/events?limit=100"), scanned({})),
         f"by trace_id ({TRACE_HITS} hits)": (
-            _timed(lambda: events.call("GET", f"/core/events?trace_id={trace}")),
+            lambda: events.call("GET", f"/core/events?trace_id={trace}"),
             scanned({"trace_id": trace}),
         ),
         "deep cursor page (half-way, at most 5,000 in)": (
-            _timed(lambda: events.call("GET", f"/core/events?{urlencode({'limit': 100, 'cursor': cursor})}")),
+            lambda: events.call("GET", f"/core/events?{urlencode({'limit': 100, 'cursor': cursor})}"),
             scanned({}, key),
         ),
-        "/core/stats": (_timed(lambda: events.call("GET", "/core/stats")), stats_scanned),
+        "/core/stats": (lambda: events.call("GET", "/core/stats"), stats_scanned),
         "/core/read-context": (
-            _timed(lambda: events.call("GET", "/core/read-context?agent_id=user-7")),
+            lambda: events.call("GET", "/core/read-context?agent_id=user-7"),
             scanned({"agent_key": "user-7"}),
         ),
-        "Karma history (20)": (_timed(lambda: karma.call("GET", "/api/v1/karma/user-7/history?limit=20")), history),
+        "Karma history (20)": (lambda: karma.call("GET", "/api/v1/karma/user-7/history?limit=20"), history),
     }
+    measured: dict[str, tuple[float, int, float]] = {}
+    for name, (call, scanned_count) in reads.items():
+        latency, cpu = _timed(call, pid)
+        measured[name] = (latency, scanned_count, cpu)
+    return measured
 
 
 _SCANNED: list[int] = []
@@ -428,8 +440,8 @@ def main() -> int:
             f"   p50 {s['p50']:.1f} ms  p99 {s['p99']:.1f} ms"
         )
         print(f"write -> Karma (loaded)  : p50 {r['karma']['p50']:.0f} ms  p99 {r['karma']['p99']:.0f} ms")
-        for name, (ms, scanned) in r["reads"].items():
-            print(f"{name:<36}: {ms:8.1f} ms   ScannedCount {scanned}")
+        for name, (ms, scanned, cpu) in r["reads"].items():
+            print(f"{name:<36}: {ms:8.1f} ms  (stack CPU {cpu:5.1f} ms)   ScannedCount {scanned}")
         print(f"RSS filled / after start : {r['rss_filled_mb']:.0f} MB / {r['rss_after_start_mb']:.0f} MB")
         print(
             f"start-up empty / snapshot / after kill -9 (+500 journaled): {r['startup_empty_s']:.1f} s / "
@@ -437,9 +449,11 @@ def main() -> int:
         )
     if len(results) > 1:
         first, last = results[0], results[-1]
-        print(f"\nread time at {last['size']:,} / at {first['size']:,}:")
+        print(f"\nread at {last['size']:,} / at {first['size']:,}: median latency, stack CPU")
         for name in first["reads"]:
-            print(f"  {name:<36}: {last['reads'][name][0] / first['reads'][name][0]:.2f}x")
+            wall = last["reads"][name][0] / first["reads"][name][0]
+            cpu = last["reads"][name][2] / first["reads"][name][2] if first["reads"][name][2] else float("nan")
+            print(f"  {name:<36}: {wall:.2f}x   {cpu:.2f}x")
     print("\n" + json.dumps(results))
     return 0
 
