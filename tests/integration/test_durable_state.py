@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from bhiv.local import durability, moto_patch, template
@@ -186,3 +189,68 @@ def test_a_compaction_keeps_odd_values_exactly(tmp_path: Path) -> None:
         state.close()
     assert any("odd" in item for item in live["tables"]["BucketStatsTable"])
     assert _restart(tmp_path) == live
+
+
+class _FullDisk:
+    """The journal file on a full disk: every append fails as the kernel fails it."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+
+def _stored(dynamodb: Any, i: int) -> bool:
+    return "Item" in dynamodb.get_item(TableName="EventsTable", Key=_key(i), ConsistentRead=True)
+
+
+def test_after_a_failed_journal_append_every_write_is_refused_and_a_restart_has_what_was_acknowledged(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    from bhiv.bucket.domain import build_event
+    from bhiv.errors import StorageUnavailable
+    from bhiv.local.fast_client import FastDynamoDB
+    from bhiv.storage.events import EventStore
+
+    once = Config(retries={"max_attempts": 1})
+    with mock_aws():
+        dynamodb, state = _start(tmp_path)
+        client = boto3.client("dynamodb", region_name=REGION, config=once)
+        client.put_item(TableName="EventsTable", Item=_event(1))  # acknowledged and journaled
+        real, state._journal = state._journal, _FullDisk(state._journal)
+        with pytest.raises(ClientError) as failed:
+            client.put_item(TableName="EventsTable", Item=_event(2))
+        assert failed.value.response["Error"]["Code"] == "ServiceUnavailable"
+        assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        state._journal = real  # the disk has room again: still refused until a restart
+        sqs = boto3.client("sqs", region_name=REGION, config=once)
+        refused: list[Callable[[], Any]] = [
+            lambda: client.put_item(TableName="EventsTable", Item=_event(3)),
+            lambda: FastDynamoDB(client).put_item(TableName="EventsTable", Item=_event(4)),
+            lambda: FastDynamoDB(client).transact_write_items(
+                TransactItems=[{"Put": {"TableName": "EventsTable", "Item": _event(5)}}]
+            ),
+            lambda: sqs.send_message(QueueUrl=sqs.list_queues()["QueueUrls"][0], MessageBody="after the failure"),
+        ]
+        for write in refused:
+            with pytest.raises(ClientError) as again:
+                write()
+            assert again.value.response["Error"]["Code"] == "ServiceUnavailable"
+        event = build_event({"event_type": "probe"}, "workflow_executor", "evt-00006", datetime(2026, 1, 1, tzinfo=UTC))
+        with pytest.raises(StorageUnavailable):  # what the Bucket answers as 503
+            EventStore(FastDynamoDB(client), "EventsTable").append(event)
+        assert [_stored(client, i) for i in (1, 3, 4, 5, 6)] == [True, False, False, False, False]
+        state.close()
+    durability.activate(None)
+    with mock_aws():
+        dynamodb, _ = _start(tmp_path)
+        assert [_stored(dynamodb, i) for i in (1, 2, 3, 4, 5, 6)] == [True, False, False, False, False, False]

@@ -107,6 +107,12 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(fd)
 
 
+class JournalFailed(Exception):
+    """The journal (or the queues file) could not be written. The process takes no write after it:
+    what is on disk is the state a restart will have, so nothing it refuses is acknowledged, and no
+    consumer can build on the one write that reached memory but not the disk."""
+
+
 class DurableState:
     def __init__(self, state_dir: Path, region: str, *, fsync: bool | None = None, enabled: bool = True) -> None:
         self.dir = state_dir
@@ -126,6 +132,7 @@ class DurableState:
         self.compactions = 0
         self.items_at_compaction = 0  # items in the last snapshot: replay should stay cheaper than their load
         self.refused: SnapshotError | None = None  # the snapshot could not be read: never overwrite it
+        self.failed: OSError | None = None  # a journal append failed: every later write is refused
         _install_hook()  # stream reads under STREAM_LOCK, also for an ephemeral stack (trim_streams)
         self.trimmed_records = 0  # stream records dropped once every consumer had checkpointed past them
 
@@ -451,11 +458,30 @@ class DurableState:
             if shard is not None and len(shard.items) > streams_before.get(name, 0):
                 records[name] = [r.to_json() for r in shard.items[streams_before.get(name, 0) :]]
         line = fastjson.dumps_bytes({"g": self.generation, "p": images, "s": records}, default=_json_default)
-        self._journal.write(line + b"\n")
-        self._journal.flush()
-        if self.fsync:
-            os.fsync(self._journal.fileno())
+        try:
+            self._journal.write(line + b"\n")
+            self._journal.flush()
+            if self.fsync:
+                os.fsync(self._journal.fileno())
+        except OSError as exc:
+            self._fail(exc)
         self.writes_since_compaction += max(1, len(images))
+
+    def refuse_writes_if_failed(self) -> None:
+        """Raise JournalFailed once a journal append has failed (called before every write)."""
+        if self.failed is not None:
+            raise JournalFailed(
+                f"the write journal could not be appended ({self.failed}); "
+                "this stack refuses writes until it is restarted"
+            )
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = exc
+        log.critical(
+            "Journal append failed; the stack refuses writes until it is restarted",
+            extra={"error": str(exc), "journal": str(self.journal_path)},
+        )
+        self.refuse_writes_if_failed()
 
     def _apply(self, record: dict[str, Any], dynamodb: Any) -> None:
         """Replay one journal line: its after-images without stream records, then its records."""
@@ -496,7 +522,10 @@ class DurableState:
         queues = {}
         for name, queue in backend.queues.items():
             queues[name] = [{"body": m.body, "attributes": _message_attributes(m)} for m in queue._messages]
-        _atomic_write(self.queues_path, json.dumps(queues))
+        try:
+            _atomic_write(self.queues_path, json.dumps(queues))
+        except OSError as exc:
+            self._fail(exc)
 
     # --- clean shutdown -----------------------------------------------------------------------
 
@@ -738,6 +767,13 @@ def activate(state: DurableState | None) -> None:
     _install_hook()
 
 
+def unavailable_response(exc: JournalFailed) -> tuple[int, dict[str, str], str]:
+    """What a service answers when it cannot take a write: 503 ServiceUnavailable (AWS's JSON
+    protocol error; boto3 raises it as a ClientError, the storage adapters as StorageUnavailable)."""
+    body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#ServiceUnavailable", "message": str(exc)})
+    return 503, {"content-type": "application/x-amz-json-1.0"}, body
+
+
 def _install_hook() -> None:
     global _HOOKED
     if _HOOKED:
@@ -755,16 +791,24 @@ def _install_hook() -> None:
         if service == "dynamodb" and action in DYNAMODB_WRITES:
             request = json.loads(_request_json(self.body) or "{}")
             with WRITE_LOCK:
-                before = state.stream_lengths()
-                status, headers, body = original(self)
-                if int(status) < 400:
-                    state.record(action, request, before)
+                try:
+                    state.refuse_writes_if_failed()
+                    before = state.stream_lengths()
+                    status, headers, body = original(self)
+                    if int(status) < 400:
+                        state.record(action, request, before)
+                except JournalFailed as exc:
+                    return unavailable_response(exc)
                 return status, headers, body
         if service == "sqs" and action in SQS_CHANGES:
             with WRITE_LOCK:
-                result = original(self)
-                if int(result[0]) < 400:
-                    state.save_queues()
+                try:
+                    state.refuse_writes_if_failed()
+                    result = original(self)
+                    if int(result[0]) < 400:
+                        state.save_queues()
+                except JournalFailed as exc:
+                    return unavailable_response(exc)
                 return result
         return original(self)
 

@@ -31,6 +31,7 @@ from botocore.parsers import create_parser
 from botocore.validate import ParamValidator
 
 from bhiv import fastjson
+from bhiv.local import durability
 
 ACCOUNT = "123456789012"
 T = TypeVar("T")
@@ -57,12 +58,11 @@ def journal_write(action: str, request: dict[str, Any], write: Callable[[], T]) 
     """Run one DynamoDB write and, when it succeeds, journal it in the local stack's durable state,
     exactly as bhiv.local.durability's hook on moto's HTTP API does (same lock, same record call),
     so writes from this client and from tools on the moto endpoint are journaled alike."""
-    from bhiv.local import durability
-
     state = getattr(durability, "_ACTIVE", None)
     if state is None or not state.enabled:
         return write()
     with durability.WRITE_LOCK:
+        state.refuse_writes_if_failed()  # JournalFailed: answered as 503 ServiceUnavailable
         before = state.stream_lengths()
         result = write()
         state.record(action, request, before)  # moto's own copy: its write paths never change a request
@@ -213,6 +213,9 @@ class FastDynamoDB(_Local):
             result = journal_write(action, handler.params, run) if action in WRITES else run()
         except HTTPException as exc:
             raise self._moto_error(operation, exc) from None
+        except durability.JournalFailed as exc:
+            status, headers, body = durability.unavailable_response(exc)
+            raise self._client_error(operation, status, {**headers, **_metadata()["HTTPHeaders"]}, body) from None
         body = result.result if hasattr(result, "result") else _parse(result)
         if isinstance(body, Exception):  # moto's newer-style errors come back as results
             raise self._moto_error(operation, body) from None
