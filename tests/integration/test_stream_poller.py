@@ -516,3 +516,30 @@ def test_the_stats_handler_counts_each_event_once_even_when_records_come_twice(
     finally:
         for cached in (runtime.stats_store, runtime.service, aws_clients.client):
             cached.cache_clear()
+
+
+def test_while_the_stack_refuses_writes_records_are_held_neither_failed_nor_checkpointed(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bhiv.local import durability
+
+    refused = {"on": True, "asked": 0}
+
+    def writes_refused() -> bool:
+        refused["asked"] += refused["on"]
+        return bool(refused["on"])
+
+    monkeypatch.setattr(durability, "writes_refused", writes_refused)
+    handler = Recorder()
+    poller = _poller(aws, tmp_path / "cp.json", handler, batch_size=5, max_retries=0)
+    poller.start()
+    try:
+        ids = _write(aws["dynamodb"], 8)
+        _wait_for(lambda: refused["asked"] >= 5)  # five deliveries held back
+        assert handler.batches == [] and poller.records_failed == 0 and poller.records_handled == 0
+        assert _dlq(aws) == []
+        refused["on"] = False  # restarted, as it were: the held records go out, in order
+        _wait_for(lambda: handler.succeeded == ids)
+    finally:
+        poller.stop()
+    assert _dlq(aws) == [] and poller.records_failed == 0

@@ -760,6 +760,13 @@ _ACTIVE: DurableState | None = None
 _HOOKED = False
 
 
+def writes_refused() -> bool:
+    """Whether the active durable state refuses writes (a journal append failed): stream consumers
+    then hold their records, neither retried into the on-failure destination nor checkpointed."""
+    state = _ACTIVE
+    return state is not None and state.failed is not None
+
+
 def activate(state: DurableState | None) -> None:
     """Route moto's successful writes to `state` (None: stop journaling)."""
     global _ACTIVE

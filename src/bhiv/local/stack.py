@@ -385,7 +385,10 @@ class LocalStack:
         if self._mock is not None and self.config.durable and self.durable.refused is None:
             if not drained:
                 log.warning("stream consumers did not catch up; their unread records are kept in the snapshot")
-            self.durable.compact(self.stream_horizons())
+            try:
+                self.durable.compact(self.stream_horizons())
+            except OSError:  # a full disk, say: the last snapshot and the journal are left as they were
+                log.exception("final compaction failed; the next start replays the journal")
         self.durable.close()
         activate(None)
         if self._moto_server is not None:

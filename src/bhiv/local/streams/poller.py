@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bhiv.local import durability
 from bhiv.local.streams import lambda_shapes
 from bhiv.local.streams.checkpoints import Checkpoints
 from bhiv.local.streams.destination import failure_messages
@@ -26,6 +27,11 @@ _STOPPED_MESSAGE = "stream poller stopping"
 
 class _Stopped(Exception):
     """Raised inside a delivery when the poller is asked to stop."""
+
+
+class _Paused(_Stopped):
+    """The stack refuses writes (a failed journal append): the records stay unacknowledged, to be
+    handled after a restart, instead of failing into the on-failure destination."""
 
 
 # --- the poller -------------------------------------------------------------------------------
@@ -370,6 +376,8 @@ class StreamPoller:
         while pending:
             if self._stop.is_set():
                 raise _Stopped(_STOPPED_MESSAGE)
+            if durability.writes_refused():
+                raise _Paused("writes are refused after a failed journal append; holding the records")
             expired = self._expired(pending)
             if expired:
                 self._give_up(shard, expired, "RecordAgeExceeded", attempts, last)
