@@ -153,3 +153,52 @@ def test_a_compaction_flattens_an_item_as_moto_serialises_it(attrs: dict[str, An
         x for name, typed in item.to_json()["Attributes"].items() for kind, v in typed.items() for x in (name, kind, v)
     ]
     assert moto_memory.flat_attributes(item) == expected
+
+
+def _stream_after_writes(add: Any, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Stream records (without their random id and time) after puts, an overwrite, updates and a
+    delete on a NEW_AND_OLD_IMAGES table, with StreamShard.add as given."""
+    import boto3
+    from moto import mock_aws
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models import table as table_module
+
+    from tests.integration.conftest import use_offline_aws
+
+    use_offline_aws(monkeypatch)
+    monkeypatch.setattr(table_module.StreamShard, "add", add)
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="S",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        client.put_item(TableName="S", Item={"pk": {"S": "a"}, "n": {"N": "1"}, "m": {"M": {"x": {"L": [{"S": "é"}]}}}})
+        client.put_item(TableName="S", Item={"pk": {"S": "a"}, "n": {"N": "2"}})  # MODIFY
+        client.update_item(
+            TableName="S",
+            Key={"pk": {"S": "b"}},
+            UpdateExpression="ADD c :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+        client.delete_item(TableName="S", Key={"pk": {"S": "a"}})
+        shard = dynamodb_backends["123456789012"]["us-east-1"].tables["S"].stream_shard
+        records = []
+        for record in shard.items:
+            data = record.to_json()
+            data.pop("eventID")
+            data["dynamodb"].pop("ApproximateCreationDateTime")
+            records.append(data)
+        return records
+
+
+def test_stream_records_are_added_as_moto_adds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.models import table as table_module
+
+    ours = _stream_after_writes(table_module.StreamShard.add, monkeypatch)
+    theirs = _stream_after_writes(table_module.StreamShard.add.__wrapped__, monkeypatch)  # type: ignore[attr-defined]
+    assert {r["eventName"] for r in ours} == {"INSERT", "MODIFY", "REMOVE"} and len(ours) >= 4
+    assert ours == theirs

@@ -404,6 +404,92 @@ def _one_boto_session() -> None:
     AccountSpecificBackend.get_session = classmethod(get_session)  # type: ignore[method-assign,assignment]
 
 
+def _streams_without_lambda() -> None:
+    """Each stream record moto adds imports moto's Lambda (`moto.awslambda`, and through it ECR and
+    IAM: about 28 MB of Python objects) to hand the stream to moto's own event source mappings.
+    The local stack has none (bhiv.local.streams reads the stream): while a table has none, the
+    record is added as moto adds it, without that import. A table with one takes moto's own path."""
+    from moto.dynamodb.models import table as table_module
+
+    add = table_module.StreamShard.add
+
+    def add_record(self: Any, old: Any, new: Any) -> None:
+        if self.table.lambda_event_source_mappings:
+            add(self, old, new)
+            return
+        view_type = self.table.stream_specification["StreamViewType"]
+        event_name = "INSERT" if old is None else "REMOVE" if new is None else "MODIFY"
+        sequence = len(self.items) + self.starting_sequence_number
+        self.items.append(table_module.StreamRecord(self.table, view_type, event_name, old, new, sequence))
+
+    add_record.__wrapped__ = add  # type: ignore[attr-defined]  # for the tests
+    table_module.StreamShard.add = add_record  # type: ignore[method-assign]
+
+
+IAM_MODELS = "moto.iam.models"
+
+
+def _iam_loaded_on_first_use() -> None:
+    """moto's request setup records each caller's access key with IAM and reads the caller's
+    account from IAM's keys, and its (disabled) request authentication imports IAM's access control:
+    both load `moto.iam.models`, about 17 MB of Python objects (mostly AWS's managed policies), in a
+    stack that never uses IAM. Until something does, those two calls answer as moto's IAM answers
+    without access keys (nothing to record; the default account: keys exist only once IAM is used),
+    and authentication is skipped exactly when moto skips it. Any other use of `moto.iam.models`
+    loads moto's own module, and from then on both calls are moto's."""
+    from moto import settings
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    authenticate = ActionAuthenticatorMixin._authenticate_and_authorize_normal_action
+
+    def _authenticate_and_authorize_normal_action(self: Any, resource: str = "*") -> None:
+        if ActionAuthenticatorMixin.request_count < settings.INITIAL_NO_AUTH_ACTION_COUNT:
+            ActionAuthenticatorMixin.request_count += 1  # what moto does when it does not authenticate
+            return
+        authenticate(self, resource)
+
+    _authenticate_and_authorize_normal_action.__wrapped__ = authenticate  # type: ignore[attr-defined]
+    ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = _authenticate_and_authorize_normal_action  # type: ignore[method-assign]
+
+    if IAM_MODELS in sys.modules:
+        return  # loaded already: nothing to save
+    stub = types.ModuleType(IAM_MODELS, "moto's IAM models, loaded on first use (bhiv.local.moto_memory)")
+    loaded: list[Any] = []
+
+    def real() -> Any:
+        if not loaded:
+            import importlib
+
+            with _IAM_LOCK:
+                if not loaded:
+                    if sys.modules.get(IAM_MODELS) is stub:
+                        del sys.modules[IAM_MODELS]
+                    loaded.append(importlib.import_module(IAM_MODELS))
+        return loaded[0]
+
+    def mark_account_as_visited(account_id: str, access_key: str, service: str, region: str) -> None:
+        if loaded:
+            loaded[0].mark_account_as_visited(account_id, access_key, service, region)
+
+    def get_account_id_from(access_key: str) -> str:
+        return loaded[0].get_account_id_from(access_key) if loaded else DEFAULT_ACCOUNT_ID  # type: ignore[no-any-return]
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):  # the import system asks for __path__, a module has none
+            raise AttributeError(name)
+        return getattr(real(), name)
+
+    stub.mark_account_as_visited = mark_account_as_visited  # type: ignore[attr-defined]
+    stub.get_account_id_from = get_account_id_from  # type: ignore[attr-defined]
+    stub.__getattr__ = __getattr__  # type: ignore[method-assign]
+    stub.load = real  # type: ignore[attr-defined]
+    sys.modules[IAM_MODELS] = stub
+
+
+_IAM_LOCK = threading.Lock()
+
+
 def install() -> None:
     """Patch moto (idempotent; before bhiv.local.moto_patch, which calls it first): DynamoType
     with slots, UpdateItem records the item's prior image for open table copies, and items written
@@ -415,7 +501,9 @@ def install() -> None:
     _slotted_items()
     _untracked_models()
     _one_boto_session()
+    _iam_loaded_on_first_use()
     _compact_stream_records()
+    _streams_without_lambda()
     from moto.dynamodb.models import DynamoDBBackend
 
     update_item = DynamoDBBackend.update_item
