@@ -372,7 +372,12 @@ def measure(size: int, baseline: float, single_count: int, karma_samples: int) -
             result["rss_filled_mb"] = _rss_mb(stack.process.pid)
             info = json.loads((state / "stack.json").read_text())
             _progress("reads")
+            # the bare put right before and after the reads: this machine's speed drifts by a third
+            # within a run, and a read's ratio across sizes should not carry that drift
+            baseline_conditional_puts(300)
             result["reads"] = _reads(stack, size, info["urls"]["aws"])
+            baseline_conditional_puts(300)
+            result["reads_baseline_cpu_ms"] = statistics.mean(BASELINE_CPU[-2:]) * 1000
             _progress("single ingest")
             # the baseline right before and after, so that both see the same machine load
             before = baseline_conditional_puts(300)
@@ -449,11 +454,16 @@ def main() -> int:
         )
     if len(results) > 1:
         first, last = results[0], results[-1]
-        print(f"\nread at {last['size']:,} / at {first['size']:,}: median latency, stack CPU")
+        speed = last["reads_baseline_cpu_ms"] / first["reads_baseline_cpu_ms"]
+        print(
+            f"\nread at {last['size']:,} / at {first['size']:,}: median latency, stack CPU, stack CPU in bare"
+            f" puts (the bare put's CPU next to the reads: {first['reads_baseline_cpu_ms']:.2f} ms at"
+            f" {first['size']:,}, {last['reads_baseline_cpu_ms']:.2f} ms at {last['size']:,})"
+        )
         for name in first["reads"]:
             wall = last["reads"][name][0] / first["reads"][name][0]
             cpu = last["reads"][name][2] / first["reads"][name][2] if first["reads"][name][2] else float("nan")
-            print(f"  {name:<36}: {wall:.2f}x   {cpu:.2f}x")
+            print(f"  {name:<36}: {wall:.2f}x   {cpu:.2f}x   {cpu / speed:.2f}x")
     print("\n" + json.dumps(results))
     return 0
 
