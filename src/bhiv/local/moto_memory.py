@@ -25,6 +25,9 @@
   items that hold them. moto never changes a scalar `DynamoType` in place (an update replaces the
   attribute; only map and list values are changed in place, and those are never shared), so
   sharing one changes no answer.
+* **Unused moto services stay unloaded**: moto's Lambda (with ECR and IAM, about 28 MB), imported by
+  every stream record for moto's own event source mappings, which the stack has none of; and
+  moto's IAM models (17 MB), imported by every request's setup, until IAM is used.
 * **Copy on write for compactions** (`TableCopy`): a compaction takes references to every item
   under the write lock (milliseconds), then serialises them without it. moto replaces an item on a
   put and deletes by dropping the reference, so both leave the referenced object as it was; only
