@@ -77,9 +77,37 @@ class RunningStack:
         return self.process.returncode
 
 
+class _PortTaken(RuntimeError):
+    """The stack could not bind one of the ports picked for it."""
+
+
+def _distinct_free_ports(count: int, taken: set[int]) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in taken and port not in ports:  # five random picks can repeat one
+            ports.append(port)
+    return ports
+
+
 def start_stack(state_dir: Path, *extra: str, timeout: float = 60, bucket_port: int | None = None) -> RunningStack:
-    bucket_port = bucket_port or free_port()
-    karma_port, executor_port, moto_port, console_port = free_port(), free_port(), free_port(), free_port()
+    """`bhiv up` on free ports. A port found free can still be taken before the stack binds it
+    (another process, a second stack of the suite): then the start is tried again on new ports."""
+    for attempt in range(3):
+        try:
+            return _start_once(state_dir, extra, timeout, bucket_port)
+        except _PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(state_dir: Path, extra: tuple[str, ...], timeout: float, bucket_port: int | None) -> RunningStack:
+    fixed = {bucket_port} if bucket_port else set()
+    picked = _distinct_free_ports(5 if bucket_port is None else 4, fixed)
+    if bucket_port is None:
+        bucket_port = picked.pop()
+    karma_port, executor_port, moto_port, console_port = picked
     log_path = state_dir.parent / f"{state_dir.name}-stack.log"
     log = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
@@ -118,7 +146,10 @@ def start_stack(state_dir: Path, *extra: str, timeout: float = 60, bucket_port: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"bhiv up exited early:\n{stack.output()}")
+            output = stack.output()
+            if "Address already in use" in output:
+                raise _PortTaken(f"bhiv up exited early:\n{output}")
+            raise RuntimeError(f"bhiv up exited early:\n{output}")
         try:
             healthy = requests.get(f"{stack.bucket_url}/health", timeout=1).status_code == 200
             if healthy and "Press Ctrl-C" in stack.output():
