@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,17 @@ HTTP_FUNCTIONS = {
 REDRIVE_INTERVAL_S = 1.0
 COMPACT_CHECK_S = 1.0
 GC_THRESHOLDS = (20_000, 20, 20)  # gen0 every 20k allocations (default 700): writes allocate in bulk
+
+
+@contextlib.contextmanager
+def _naming_the_port(service: str, port: int) -> Iterator[None]:
+    """An error binding a port says which service's port it was."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None or str(port) in str(exc):
+            raise
+        raise OSError(exc.errno, f"{exc.strerror} ({service} port {port})") from exc
 
 
 @dataclass
@@ -191,7 +204,8 @@ class LocalStack:
             self._moto_server = ThreadedMotoServer(
                 ip_address=self.config.host, port=self.config.moto_port, verbose=False
             )
-            self._moto_server.start()
+            with _naming_the_port("moto", self.config.moto_port):
+                self._moto_server.start()
             self.urls["aws"] = f"http://{self.config.host}:{self.config.moto_port}"
 
         dynamodb = aws.client("dynamodb")  # in-process fast client: the journal replays through it too
@@ -221,8 +235,9 @@ class LocalStack:
         for function, (port_attr, name) in HTTP_FUNCTIONS.items():
             props = tmpl["Resources"][function]["Properties"]
             app = server.resolve_handler(props["CodeUri"], props["Handler"])
-            app_server = server.AppServer(app, getattr(self.config, port_attr), self.config.host, name)
-            app_server.start()
+            with _naming_the_port(name, getattr(self.config, port_attr)):
+                app_server = server.AppServer(app, getattr(self.config, port_attr), self.config.host, name)
+                app_server.start()
             self._servers.append(app_server)
             self.urls[name] = app_server.url
 
@@ -232,7 +247,8 @@ class LocalStack:
         if self.config.console_port:
             from bhiv.console.server import start_console
 
-            self._console = start_console(self)
+            with _naming_the_port("console", self.config.console_port):
+                self._console = start_console(self)
             self.urls["console"] = self._console.url
         # Last, once every port is bound (choosing the CPU watches the machine for 0.1 s): threads
         # started so far are moved, and those started later inherit it.
