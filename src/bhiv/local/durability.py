@@ -781,6 +781,21 @@ def unavailable_response(exc: JournalFailed) -> tuple[int, dict[str, str], str]:
     return 503, {"content-type": "application/x-amz-json-1.0"}, body
 
 
+def _journaled(state: DurableState, run: Callable[[], Any], journal: Callable[[dict[str, int]], None]) -> Any:
+    """One write through moto's API, under the write lock: refused (503) once the journal has
+    failed; journaled (given the stream lengths before it) when moto answered it with success."""
+    with WRITE_LOCK:
+        try:
+            state.refuse_writes_if_failed()
+            before = state.stream_lengths()
+            result = run()
+            if int(result[0]) < 400:
+                journal(before)
+        except JournalFailed as exc:
+            return unavailable_response(exc)
+        return result
+
+
 def _install_hook() -> None:
     global _HOOKED
     if _HOOKED:
@@ -797,26 +812,9 @@ def _install_hook() -> None:
         action = self._get_action()
         if service == "dynamodb" and action in DYNAMODB_WRITES:
             request = json.loads(_request_json(self.body) or "{}")
-            with WRITE_LOCK:
-                try:
-                    state.refuse_writes_if_failed()
-                    before = state.stream_lengths()
-                    status, headers, body = original(self)
-                    if int(status) < 400:
-                        state.record(action, request, before)
-                except JournalFailed as exc:
-                    return unavailable_response(exc)
-                return status, headers, body
+            return _journaled(state, lambda: original(self), lambda before: state.record(action, request, before))
         if service == "sqs" and action in SQS_CHANGES:
-            with WRITE_LOCK:
-                try:
-                    state.refuse_writes_if_failed()
-                    result = original(self)
-                    if int(result[0]) < 400:
-                        state.save_queues()
-                except JournalFailed as exc:
-                    return unavailable_response(exc)
-                return result
+            return _journaled(state, lambda: original(self), lambda _: state.save_queues())
         return original(self)
 
     BaseResponse.call_action = call_action  # type: ignore[method-assign]
